@@ -1,0 +1,5 @@
+//! The `ficus` command as a library: the CLI and the in-process control plane, so tests
+//! drive exactly what users run.
+
+pub mod cli;
+pub mod up;

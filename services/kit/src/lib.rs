@@ -1,0 +1,19 @@
+//! The runtime every ficus service shares.
+//!
+//! A service crate is a library that builds its gRPC routes; `kit` does the rest the same
+//! way for all four: configuration ([`config`]), logs and traces ([`telemetry`]), serving
+//! gRPC with health, reflection, metrics and an admin port, and shutting down gracefully
+//! ([`server`], [`shutdown`]), calling other services with trace context ([`client`]),
+//! turning errors into gRPC statuses ([`status`]), and durable state ([`store`]).
+//! [`main`] ties these together so each binary is a few lines.
+
+pub mod client;
+pub mod config;
+mod entry;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+
+pub use entry::{ServiceArgs, main, run, telemetry_config};

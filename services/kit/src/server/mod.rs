@@ -1,0 +1,277 @@
+//! Serving one ficus service: its gRPC routes with health, reflection, tracing and
+//! metrics on one port, and the admin HTTP endpoints on another.
+//!
+//! Shutdown is graceful: once the token is cancelled the service reports NOT_SERVING and
+//! not ready, stops accepting, and lets calls in flight finish within the grace period.
+
+mod admin;
+mod observe;
+mod readiness;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+pub use self::readiness::Dependency;
+use self::observe::{CallMetrics, ObserveLayer};
+use crate::config::ConfigError;
+
+/// How often dependencies are probed to keep gRPC health current.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long one dependency probe may take before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a service listens and how it stops; the `server` section of its configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// How long calls in flight may run after shutdown starts.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl ServerConfig {
+    /// Listens on all interfaces at the given ports, with a 10 s grace period.
+    pub fn on_ports(grpc_port: u16, admin_port: u16) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], grpc_port)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], admin_port)),
+            grace_period: Duration::from_secs(10),
+        }
+    }
+
+    /// Listens on loopback at ports the kernel picks, for services embedded in tests and
+    /// demos; [`Running`] reports the bound addresses.
+    pub fn ephemeral() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grace_period: Duration::from_secs(10),
+        }
+    }
+
+    /// Refuses settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.grpc_addr.port() != 0 && self.grpc_addr == self.admin_addr {
+            return Err(ConfigError::invalid("server.admin_addr", "must differ from server.grpc_addr"));
+        }
+        if self.grace_period > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid("server.grace_period", "must be at most 1h"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a service could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The reflection service could not read the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The admin server failed.
+    #[error("admin server failed: {0}")]
+    Admin(std::io::Error),
+    /// An attached listener failed.
+    #[error("{name} failed: {source}")]
+    Listener {
+        /// Which listener.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A serving task panicked or was cancelled.
+    #[error("serving task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The dependencies a service is ready with, and whether it is stopping.
+#[derive(Clone)]
+pub(crate) struct Readiness {
+    dependencies: Arc<Vec<Box<dyn Dependency>>>,
+    stopping: CancellationToken,
+}
+
+impl Readiness {
+    /// Ok when not stopping and every dependency answers in time.
+    pub(crate) async fn check(&self) -> Result<(), String> {
+        if self.stopping.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        for dependency in self.dependencies.iter() {
+            match tokio::time::timeout(PROBE_TIMEOUT, dependency.probe()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(format!("{}: {error}", dependency.name())),
+                Err(_) => return Err(format!("{}: no answer within {PROBE_TIMEOUT:?}", dependency.name())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service ready to serve.
+pub struct Server {
+    service: &'static str,
+    config: ServerConfig,
+    routes: Routes,
+    dependencies: Vec<Box<dyn Dependency>>,
+    registry: Registry,
+}
+
+impl Server {
+    /// Serves `routes` as the gRPC service named `service` (e.g. `ficus.sessions.v1.SessionStore`).
+    pub fn new(service: &'static str, config: ServerConfig, routes: Routes) -> Self {
+        Self { service, config, routes, dependencies: Vec::new(), registry: Registry::with_prefix("ficus") }
+    }
+
+    /// Marks the service not ready while `dependency` is down.
+    pub fn depends_on(mut self, dependency: impl Dependency) -> Self {
+        self.dependencies.push(Box::new(dependency));
+        self
+    }
+
+    /// The registry `/metrics` exports, for the service's own metrics.
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Binds both ports and serves until `shutdown` is cancelled.
+    pub async fn start(mut self, shutdown: CancellationToken) -> Result<Running, ServeError> {
+        let grpc_listener = bind(self.config.grpc_addr).await?;
+        let admin_listener = bind(self.config.admin_addr).await?;
+        let grpc_addr = local_addr(&grpc_listener, self.config.grpc_addr)?;
+        let admin_addr = local_addr(&admin_listener, self.config.admin_addr)?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ficus_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let routes = self.routes.add_service(health_service).add_service(reflection);
+        let metrics = CallMetrics::register(&mut self.registry);
+        let readiness = Readiness { dependencies: Arc::new(self.dependencies), stopping: shutdown.clone() };
+        set_health(&health, self.service, readiness.check().await.is_ok()).await;
+
+        let admin_stop = CancellationToken::new();
+        let admin = axum::serve(admin_listener, admin::router(readiness.clone(), Arc::new(self.registry)))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+        let admin = tokio::spawn(async move { admin.await.map_err(ServeError::Admin) });
+        tokio::spawn(follow_readiness(health.clone(), self.service, readiness));
+
+        let serve = tonic::transport::Server::builder()
+            .layer(ObserveLayer::new(metrics))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+        let grace = self.config.grace_period;
+        let service = self.service;
+        tracing::info!(service, %grpc_addr, %admin_addr, "serving");
+        let task = tokio::spawn(async move {
+            tokio::pin!(serve);
+            let served = tokio::select! {
+                result = &mut serve => result.map_err(ServeError::from),
+                () = shutdown.cancelled() => {
+                    tracing::info!(service, ?grace, "shutting down: finishing calls in flight");
+                    match tokio::time::timeout(grace, &mut serve).await {
+                        Ok(result) => result.map_err(ServeError::from),
+                        Err(_) => {
+                            tracing::warn!(service, "grace period over; dropping calls still running");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            admin_stop.cancel();
+            let admin_served = admin.await?;
+            tracing::info!(service, "stopped");
+            served.and(admin_served)
+        });
+        Ok(Running { grpc_addr, admin_addr, task, listeners: Vec::new() })
+    }
+}
+
+/// A started service.
+pub struct Running {
+    /// The bound gRPC address (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    task: JoinHandle<Result<(), ServeError>>,
+    listeners: Vec<Listener>,
+}
+
+/// Something else a service serves, such as a data plane, that stops with it.
+struct Listener {
+    name: &'static str,
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Adds a listener the service runs beside gRPC (e.g. the traffic data plane), bound
+    /// at `addr`; [`Running::wait`] waits for it too. It must stop on the same shutdown.
+    pub fn attach(mut self, name: &'static str, addr: SocketAddr, task: JoinHandle<std::io::Result<()>>) -> Self {
+        self.listeners.push(Listener { name, addr, task });
+        self
+    }
+
+    /// Where the attached listener called `name` is bound.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|listener| listener.name == name).map(|listener| listener.addr)
+    }
+
+    /// Waits until the service and everything attached to it have stopped.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        let served = self.task.await?;
+        for listener in self.listeners {
+            listener.task.await?.map_err(|source| ServeError::Listener { name: listener.name, source })?;
+        }
+        served
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Bind { addr, source })
+}
+
+async fn set_health(health: &HealthReporter, service: &str, ready: bool) {
+    let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+    health.set_service_status(service, status).await;
+    health.set_service_status("", status).await;
+}
+
+/// Keeps gRPC health in step with readiness until shutdown, then reports NOT_SERVING.
+async fn follow_readiness(health: HealthReporter, service: &'static str, readiness: Readiness) {
+    let mut ticks = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => set_health(&health, service, readiness.check().await.is_ok()).await,
+            () = readiness.stopping.cancelled() => break,
+        }
+    }
+    set_health(&health, service, false).await;
+}

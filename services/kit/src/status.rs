@@ -1,0 +1,47 @@
+//! Building gRPC statuses with the standard error details.
+//!
+//! Each service maps its own error type to a status in one place; these builders make
+//! those statuses uniform: the field path in both the message and `google.rpc.BadRequest`,
+//! the current version of a conflicting object in `google.rpc.ErrorInfo`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo` domain of every ficus error.
+pub const ERROR_DOMAIN: &str = "ficus.dev";
+
+/// INVALID_ARGUMENT naming the offending field, e.g. `spec.strategy.canary.steps[2].set_weight`.
+pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    let details = ErrorDetails::with_bad_request_violation(field, description.clone());
+    Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
+}
+
+/// ABORTED for a compare-and-set that lost: `current` is the version the caller should
+/// re-read, reported in `ErrorInfo` metadata under `current_version`.
+pub fn version_conflict(message: impl Into<String>, current: Option<u64>) -> Status {
+    let mut metadata = HashMap::new();
+    if let Some(current) = current {
+        metadata.insert("current_version".to_owned(), current.to_string());
+    }
+    let details = ErrorDetails::with_error_info("VERSION_CONFLICT", ERROR_DOMAIN, metadata);
+    Status::with_error_details(Code::Aborted, message, details)
+}
+
+/// The current version carried by a [`version_conflict`] status, if any.
+pub fn conflict_version(status: &Status) -> Option<u64> {
+    status.get_details_error_info()?.metadata.get("current_version")?.parse().ok()
+}
+
+/// The field path carried by an [`invalid_argument`] status, if any.
+pub fn invalid_field(status: &Status) -> Option<String> {
+    let bad_request = status.get_details_bad_request()?;
+    bad_request.field_violations.first().map(|violation| violation.field.clone())
+}
+
+/// UNAVAILABLE because `dependency` cannot be reached; callers may retry.
+pub fn unavailable(dependency: &str, reason: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("{dependency} unavailable: {reason}"))
+}

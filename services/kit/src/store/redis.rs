@@ -1,0 +1,651 @@
+//! The Redis backend, for replicas that share state.
+//!
+//! Layout, for namespace `ns`:
+//!
+//! - `ficus:ns:e:{key}`: a hash with `val` (the bytes), `ver` (the version) and `exp` (the
+//!   expiry in Unix milliseconds, 0 for never), with a matching Redis expiry so that Redis
+//!   itself removes expired entries;
+//! - `ficus:ns:version`: the store-wide version counter (`INCR`), never deleted, so a
+//!   version is never reused;
+//! - channel `ficus:ns:changes`: `p:{version}:{key}` after a put, `d:{key}` after a delete.
+//!
+//! Every write is one Lua script, so the compare-and-set, the version, the expiry and the
+//! notification happen atomically. Expiry times come from the server's clock (`TIME`), so
+//! replicas with skewed clocks still agree on them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::{
+    Client, ErrorKind, IntoConnectionInfo, Msg, ProtocolVersion, RedisError, RedisResult, Script, ServerErrorKind,
+};
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::{Instant, MissedTickBehavior, sleep, timeout, timeout_at};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{Change, Entry, Expect, Result, StoreError, WATCH_CAPACITY, check_namespace, expiry_time, ttl_millis};
+
+/// How long to wait for a TCP (and TLS) connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long to wait for the answer to one command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The most one round trip may take in total, reconnecting and the one retry included.
+/// This is what makes an outage fail fast with [`StoreError::Unavailable`] instead of
+/// hanging a request for as long as the connection manager would keep trying.
+const ROUND_TRIP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Reconnection attempts per failed connection: few and quick, because every caller
+/// waits on them; the next operation starts a fresh attempt anyway.
+const RECONNECT_RETRIES: usize = 2;
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
+
+/// Keys asked for per SCAN and fetched per pipeline during [`RedisStore::scan`].
+const SCAN_BATCH: usize = 500;
+
+/// How long [`RedisStore::open`] waits for the change feed to subscribe. Redis answers
+/// within milliseconds when it is up; when it is not, open should not hold up a start.
+const OPEN_FEED_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the change feed checks that its connection still answers. A server that
+/// vanished without closing the connection would otherwise leave watchers silently deaf.
+const FEED_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Delays between attempts to re-establish the change feed.
+const FEED_RETRY_MIN: Duration = Duration::from_millis(100);
+const FEED_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Writes `val` if the expectation holds, with a fresh version and the expiry, and
+/// publishes the change. Replies `{1, version}`, or `{0, current version or -1}` on a
+/// conflict. Versions are formatted with `%d` because Lua would print large numbers in
+/// exponent notation.
+static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: entry, counter. ARGV: mode, expected version, value, ttl ms (0 = none), channel, key
+local current = redis.call('HGET', KEYS[1], 'ver')
+local mode = ARGV[1]
+if (mode == 'absent' and current) or (mode == 'version' and current ~= ARGV[2]) then
+  return {0, current and tonumber(current) or -1}
+end
+local version = redis.call('INCR', KEYS[2])
+local ttl = tonumber(ARGV[4])
+local expires = 0
+if ttl > 0 then
+  local now = redis.call('TIME')
+  expires = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
+end
+redis.call('HSET', KEYS[1], 'val', ARGV[3], 'ver', string.format('%d', version), 'exp', string.format('%d', expires))
+if expires > 0 then
+  redis.call('PEXPIREAT', KEYS[1], string.format('%d', expires))
+else
+  redis.call('PERSIST', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[5], 'p:' .. string.format('%d', version) .. ':' .. ARGV[6])
+return {1, version}
+",
+    )
+});
+
+/// Deletes the entry if the expectation holds and publishes the change. Replies `{1, 1}`
+/// when it deleted, `{1, 0}` when there was nothing to delete, and `{0, current version or
+/// -1}` on a conflict.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: entry. ARGV: mode, expected version, channel, key
+local current = redis.call('HGET', KEYS[1], 'ver')
+local mode = ARGV[1]
+if (mode == 'absent' and current) or (mode == 'version' and current ~= ARGV[2]) then
+  return {0, current and tonumber(current) or -1}
+end
+if not current then
+  return {1, 0}
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], 'd:' .. ARGV[4])
+return {1, 1}
+",
+    )
+});
+
+/// Moves the expiry of an existing entry, leaving its value and version alone. Replies
+/// 1, or 0 when there is no entry.
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: entry. ARGV: ttl ms
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local now = redis.call('TIME')
+local expires = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'exp', expires)
+redis.call('PEXPIREAT', KEYS[1], expires)
+return 1
+",
+    )
+});
+
+/// A store in a Redis server (6 or later), shared by every replica that opens the same
+/// URL and namespace.
+///
+/// Clones share one multiplexed connection, which reconnects by itself after an outage:
+/// while Redis is unreachable, operations fail within about two seconds with
+/// [`StoreError::Unavailable`], and they work again once it is back, on the same value.
+/// A write that fails with `Unavailable` may or may not have happened (the answer was
+/// lost); compare-and-set makes retrying it safe.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    names: Names,
+    /// Where the server is, without credentials, for errors and Debug.
+    address: String,
+    changes: broadcast::Sender<Change>,
+    /// Stops the change feed as soon as the last clone is dropped.
+    _feed: DropGuard,
+}
+
+/// The Redis names of one namespace.
+#[derive(Clone, Debug)]
+struct Names {
+    namespace: String,
+    /// Prefix of every entry key; the user's key follows it.
+    entry_prefix: String,
+    counter: String,
+    channel: String,
+}
+
+impl Names {
+    fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            entry_prefix: format!("ficus:{namespace}:e:"),
+            counter: format!("ficus:{namespace}:version"),
+            channel: format!("ficus:{namespace}:changes"),
+        }
+    }
+
+    fn entry(&self, key: &str) -> String {
+        format!("{}{key}", self.entry_prefix)
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("address", &self.inner.address)
+            .field("namespace", &self.inner.names.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (`redis://[:password@]host[:port][/db]`, or
+    /// `rediss://` for TLS), keeping this store's keys under `ficus:{namespace}:`.
+    ///
+    /// Opening succeeds while Redis is down, so a service can start and report itself
+    /// not ready (see [`ping`](Self::ping)) until Redis is back; it waits at most about a
+    /// second for the change feed, so that [`watch`](Self::watch) misses nothing from the
+    /// start when Redis is up. It fails only with [`StoreError::Invalid`], for a bad URL or
+    /// namespace.
+    ///
+    /// Deleted-on-expiry notifications need the server's `notify-keyspace-events` to
+    /// include `Ex`; without it, expired entries still vanish but watchers are not told.
+    pub async fn open(url: &str, namespace: &str) -> Result<Self> {
+        check_namespace(namespace)?;
+        install_crypto_provider();
+        let info = url.into_connection_info().map_err(|error| {
+            // The message may quote the URL, which may hold a password; keep only the kind.
+            StoreError::Invalid(format!("invalid redis URL: {}", error.category()))
+        })?;
+        let address = info.addr().to_string();
+        let db = info.redis_settings().db();
+        let names = Names::new(namespace);
+
+        // RESP3 lets the connection manager notice a dropped connection as soon as it
+        // happens and reconnect before the next call, instead of failing that call.
+        let resp3 = info.clone().set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let client = Client::open(resp3).map_err(|error| invalid_config(&error))?;
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|error| invalid_config(&error))?;
+
+        // The feed uses a dedicated RESP2 connection: a subscribed connection cannot run
+        // other commands, and RESP2 pub/sub is what every Redis version speaks.
+        let resp2 = info.clone().set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP2));
+        let feed_client = Client::open(resp2).map_err(|error| invalid_config(&error))?;
+        let (changes, _) = broadcast::channel(WATCH_CAPACITY);
+        let stop = CancellationToken::new();
+        let (ready, subscribed) = oneshot::channel();
+        let feed = Feed {
+            client: feed_client,
+            names: names.clone(),
+            expired_channel: format!("__keyevent@{db}__:expired"),
+            changes: changes.clone(),
+            stop: stop.clone(),
+        };
+        tokio::spawn(feed.run(ready));
+        // Redis down or slow is not a reason to fail (see above); the feed keeps trying.
+        let _ = timeout(OPEN_FEED_WAIT, subscribed).await;
+
+        Ok(Self { inner: Arc::new(Inner { connection, names, address, changes, _feed: stop.drop_guard() }) })
+    }
+
+    /// See [`Store::get`](super::Store::get).
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let mut command = redis::cmd("HMGET");
+        command.arg(self.inner.names.entry(key)).arg(&["val", "ver", "exp"]);
+        let command = &command;
+        let fields: Fields = self
+            .round_trip(Retry::Safe, |mut connection| async move { command.query_async(&mut connection).await })
+            .await?;
+        entry(key, fields)
+    }
+
+    /// See [`Store::put`](super::Store::put).
+    pub async fn put(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Option<Duration>) -> Result<u64> {
+        let ttl = ttl.map(ttl_millis).transpose()?.unwrap_or(0);
+        let (mode, expected) = expectation(expect);
+        let names = &self.inner.names;
+        let mut invocation = PUT.prepare_invoke();
+        invocation
+            .key(names.entry(key))
+            .key(&names.counter)
+            .arg(mode)
+            .arg(expected)
+            .arg(value)
+            .arg(ttl)
+            .arg(&names.channel)
+            .arg(key);
+        let invocation = &invocation;
+        let (applied, version): (i64, i64) =
+            self.round_trip(Retry::IfNotSent, |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        match applied {
+            1 => u64::try_from(version).map_err(|_| unexpected_reply("put", version)),
+            _ => Err(conflict(key, version)),
+        }
+    }
+
+    /// See [`Store::delete`](super::Store::delete).
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<bool> {
+        let (mode, expected) = expectation(expect);
+        let names = &self.inner.names;
+        let mut invocation = DELETE.prepare_invoke();
+        invocation.key(names.entry(key)).arg(mode).arg(expected).arg(&names.channel).arg(key);
+        let invocation = &invocation;
+        let (applied, outcome): (i64, i64) =
+            self.round_trip(Retry::IfNotSent, |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        match applied {
+            1 => Ok(outcome == 1),
+            _ => Err(conflict(key, outcome)),
+        }
+    }
+
+    /// See [`Store::expire`](super::Store::expire).
+    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let ttl = ttl_millis(ttl)?;
+        let mut invocation = EXPIRE.prepare_invoke();
+        invocation.key(self.inner.names.entry(key)).arg(ttl);
+        let invocation = &invocation;
+        // Setting the same expiry twice is harmless, so a retry is safe.
+        let extended: i64 = self
+            .round_trip(Retry::Safe, |mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        Ok(extended == 1)
+    }
+
+    /// See [`Store::scan`](super::Store::scan).
+    ///
+    /// Not a snapshot: SCAN walks the keyspace in steps, so an entry written during the
+    /// scan may or may not be included; one deleted or expired during it is left out.
+    pub async fn scan(&self, prefix: &str) -> Result<Vec<Entry>> {
+        let names = &self.inner.names;
+        let pattern = format!("{}{}*", glob_escape(&names.entry_prefix), glob_escape(prefix));
+        // SCAN may return a key more than once; the set also sorts them.
+        let mut keys = BTreeSet::new();
+        let mut cursor = 0_u64;
+        loop {
+            let mut command = redis::cmd("SCAN");
+            command.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_BATCH);
+            let command = &command;
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .round_trip(Retry::Safe, |mut connection| async move { command.query_async(&mut connection).await })
+                .await?;
+            // Keys are strings in this API; anything else under the prefix is not ours.
+            keys.extend(batch.into_iter().filter_map(|key| String::from_utf8(key).ok()));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut entries = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(SCAN_BATCH) {
+            let mut pipeline = redis::pipe();
+            for key in chunk {
+                pipeline.cmd("HMGET").arg(key).arg(&["val", "ver", "exp"]);
+            }
+            let pipeline = &pipeline;
+            let rows: Vec<Fields> = self
+                .round_trip(Retry::Safe, |mut connection| async move { pipeline.query_async(&mut connection).await })
+                .await?;
+            for (redis_key, fields) in chunk.iter().zip(rows) {
+                let key = redis_key.strip_prefix(names.entry_prefix.as_str()).unwrap_or(redis_key);
+                if let Some(entry) = entry(key, fields)? {
+                    entries.push(entry);
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// See [`Store::watch`](super::Store::watch).
+    ///
+    /// Changes arrive through Redis pub/sub, so they include other replicas' writes, and
+    /// a new watcher may still get changes made just before it subscribed (they were in
+    /// flight); followers compare versions anyway, so that is harmless. When
+    /// the feed's connection drops and comes back, the watcher gets [`Change::Resync`],
+    /// since pub/sub does not replay what was published meanwhile. A watcher that falls
+    /// more than a thousand changes behind gets
+    /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged), which means the same.
+    pub fn watch(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// See [`Store::ping`](super::Store::ping): sends PING.
+    pub async fn ping(&self) -> Result<()> {
+        let command = redis::cmd("PING");
+        let command = &command;
+        let _: redis::Value = self
+            .round_trip(Retry::Safe, |mut connection| async move { command.query_async(&mut connection).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs one request with the deadline and retry policy that keep an outage short:
+    /// a request that failed because the connection was down is retried once on a fresh
+    /// connection (the connection manager starts reconnecting when it sees the failure),
+    /// and the whole thing gives up after [`ROUND_TRIP_DEADLINE`].
+    async fn round_trip<T, F, Fut>(&self, retry: Retry, mut request: F) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let deadline = Instant::now() + ROUND_TRIP_DEADLINE;
+        let mut retried = false;
+        loop {
+            match timeout_at(deadline, request(self.inner.connection.clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) if !retried && retry.allows(&error) => retried = true,
+                Ok(Err(error)) => return Err(self.error(&error)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "redis at {} did not answer within {ROUND_TRIP_DEADLINE:?}",
+                        self.inner.address
+                    )));
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: &RedisError) -> StoreError {
+        let address = &self.inner.address;
+        if is_unavailable(error) {
+            StoreError::Unavailable(format!("redis at {address}: {error}"))
+        } else {
+            StoreError::Invalid(format!("redis at {address}: {error}"))
+        }
+    }
+}
+
+/// Which failed requests may be sent again.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// Reads and idempotent writes: any connection failure.
+    Safe,
+    /// Other writes: only when the request cannot have reached Redis, because a write
+    /// whose answer was lost may have happened, and doing it twice would bump the version
+    /// twice.
+    IfNotSent,
+}
+
+impl Retry {
+    fn allows(self, error: &RedisError) -> bool {
+        match self {
+            Self::Safe => error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal(),
+            Self::IfNotSent => error.is_connection_refusal(),
+        }
+    }
+}
+
+/// Whether `error` may go away by itself: the connection, or a server that is loading,
+/// failing over or read-only for now. Everything else (a script error, a wrong password,
+/// a key of another type) will not.
+fn is_unavailable(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            ) | ErrorKind::ClusterConnectionNotFound
+        )
+}
+
+fn invalid_config(error: &RedisError) -> StoreError {
+    StoreError::Invalid(format!("redis client: {error}"))
+}
+
+/// `val`, `ver` and `exp` of one entry hash, each missing when the key does not exist.
+type Fields = (Option<Vec<u8>>, Option<u64>, Option<u64>);
+
+fn entry(key: &str, (value, version, expires_at): Fields) -> Result<Option<Entry>> {
+    match (value, version) {
+        (Some(value), Some(version)) => {
+            Ok(Some(Entry { key: key.to_owned(), value, version, expires_at: expiry_time(expires_at.unwrap_or(0)) }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(StoreError::Invalid(format!("redis entry {key:?} is missing its value or version"))),
+    }
+}
+
+/// The script arguments for `expect`: a mode and the expected version.
+fn expectation(expect: Expect) -> (&'static str, u64) {
+    match expect {
+        Expect::Any => ("any", 0),
+        Expect::Absent => ("absent", 0),
+        Expect::Version(version) => ("version", version),
+    }
+}
+
+/// The conflict a script reported, with the current version it read (-1 for none).
+fn conflict(key: &str, current: i64) -> StoreError {
+    StoreError::Conflict { key: key.to_owned(), current: u64::try_from(current).ok() }
+}
+
+fn unexpected_reply(operation: &str, reply: i64) -> StoreError {
+    StoreError::Invalid(format!("redis {operation} script replied {reply}"))
+}
+
+/// Escapes what SCAN's MATCH would read as a pattern, so a prefix matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// rustls needs a process-wide crypto provider for `rediss://`; it can only infer one
+/// when exactly one is compiled in, which other dependencies may change. Installing ring
+/// explicitly keeps TLS working either way; if the application installed its own
+/// provider first, that one stays.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Follows the namespace's change channel (and Redis' expired-key events) on a dedicated
+/// pub/sub connection and forwards changes to the watchers, re-subscribing after the
+/// connection drops.
+struct Feed {
+    client: Client,
+    names: Names,
+    /// Keyspace event channel for expired keys in the store's database.
+    expired_channel: String,
+    changes: broadcast::Sender<Change>,
+    stop: CancellationToken,
+}
+
+/// Why following the feed ended.
+enum FeedEnd {
+    Stopped,
+    Lost,
+}
+
+impl Feed {
+    async fn run(self, ready: oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut delay = FEED_RETRY_MIN;
+        loop {
+            let subscribed = tokio::select! {
+                () = self.stop.cancelled() => return,
+                subscribed = timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, self.subscribe()) => subscribed,
+            };
+            match subscribed {
+                Ok(Ok(pubsub)) => {
+                    // Whatever was published while we were not subscribed is lost, so
+                    // watchers must re-read. At the first subscription nobody watches yet.
+                    let _ = self.changes.send(Change::Resync);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                    delay = FEED_RETRY_MIN;
+                    match self.follow(pubsub).await {
+                        FeedEnd::Stopped => return,
+                        FeedEnd::Lost => {
+                            tracing::warn!(namespace = %self.names.namespace, "lost the redis change feed; reconnecting")
+                        }
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "cannot subscribe to the redis change feed yet"),
+                Err(_) => tracing::debug!("subscribing to the redis change feed timed out"),
+            }
+            // open() waits for the first attempt only.
+            ready = None;
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = sleep(delay) => {}
+            }
+            delay = (delay * 2).min(FEED_RETRY_MAX);
+        }
+    }
+
+    async fn subscribe(&self) -> RedisResult<PubSub> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(&[self.names.channel.as_str(), self.expired_channel.as_str()]).await?;
+        Ok(pubsub)
+    }
+
+    async fn follow(&self, pubsub: PubSub) -> FeedEnd {
+        let (mut sink, mut messages) = pubsub.split();
+        let mut pings = tokio::time::interval_at(Instant::now() + FEED_PING_INTERVAL, FEED_PING_INTERVAL);
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return FeedEnd::Stopped,
+                message = messages.next() => match message {
+                    Some(message) => self.forward(&message),
+                    None => return FeedEnd::Lost,
+                },
+                _ = pings.tick() => {
+                    if !matches!(timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
+                        return FeedEnd::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    fn forward(&self, message: &Msg) {
+        let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
+            return;
+        };
+        let change = if message.get_channel_name() == self.expired_channel {
+            // Expired keys of every namespace and application in this database land here.
+            payload.strip_prefix(self.names.entry_prefix.as_str()).map(|key| Change::Deleted { key: key.to_owned() })
+        } else {
+            parse_change(payload)
+        };
+        match change {
+            Some(change) => {
+                let _ = self.changes.send(change);
+            }
+            None if message.get_channel_name() == self.names.channel => {
+                tracing::warn!(payload, "ignoring a malformed redis change notification");
+            }
+            None => {}
+        }
+    }
+}
+
+/// Parses a notification as the scripts publish it.
+fn parse_change(payload: &str) -> Option<Change> {
+    if let Some(rest) = payload.strip_prefix("p:") {
+        let (version, key) = rest.split_once(':')?;
+        Some(Change::Put { key: key.to_owned(), version: version.parse().ok()? })
+    } else {
+        payload.strip_prefix("d:").map(|key| Change::Deleted { key: key.to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(glob_escape("a*b?c[d]e\\f^g-h"), "a\\*b\\?c\\[d\\]e\\\\f^g-h");
+        assert_eq!(glob_escape("plain:key"), "plain:key");
+    }
+
+    #[test]
+    fn notifications_parse_with_colons_in_keys() {
+        assert_eq!(parse_change("p:42:a:b"), Some(Change::Put { key: "a:b".to_owned(), version: 42 }));
+        assert_eq!(parse_change("d:a:b"), Some(Change::Deleted { key: "a:b".to_owned() }));
+        assert_eq!(parse_change("p:x:a"), None);
+        assert_eq!(parse_change("z"), None);
+    }
+}

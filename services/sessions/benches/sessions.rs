@@ -1,0 +1,268 @@
+//! What the session service costs over Redis itself.
+//!
+//! Starts a real redis-server and the sessions service on it, then drives GetSession and
+//! UpdateSession (compare-and-set on the version last seen) through gRPC at 1, 16 and 64
+//! concurrent clients, and the equivalent operations straight against Redis from the same
+//! process: HGETALL of a session hash, and a Lua script that checks the version, sets the
+//! attribute, bumps the version and slides the expiry. Each cell runs for a bounded time
+//! and count and reports throughput and latency percentiles.
+//!
+//! `cargo bench -p ficus-sessions`
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ficus_kit::server::ServerConfig;
+use ficus_proto::sessions::v1::{
+    CreateSessionRequest, GetSessionRequest, UpdateSessionRequest, session_store_client::SessionStoreClient,
+};
+use ficus_sessions::{Config, Limits};
+use ficus_testkit::RedisServer;
+use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// Longest a cell runs after its warm-up.
+const CELL_TIME: Duration = Duration::from_secs(3);
+/// Most operations a cell counts.
+const CELL_MAX_OPS: u64 = 500_000;
+/// Unmeasured run before each cell, so connections and caches are warm.
+const WARM_UP: Duration = Duration::from_millis(300);
+/// Concurrent clients per cell.
+const CLIENTS: [usize; 3] = [1, 16, 64];
+/// Session idle TTL, for both paths.
+const TTL: Duration = Duration::from_secs(1800);
+
+/// The raw equivalent of UpdateSession: compare-and-set on `_ver`, set one attribute,
+/// bump the version, slide the expiry. Replies the new version, or -1 on a conflict.
+const RAW_UPDATE: &str = r"
+local current = redis.call('HGET', KEYS[1], '_ver')
+if not current or (ARGV[1] ~= '0' and current ~= ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+local version = redis.call('HINCRBY', KEYS[1], '_ver', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return version
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Get,
+    Update,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Service,
+    Raw,
+}
+
+struct Cell {
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Cell {
+    fn throughput(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// What every client of a cell uses.
+#[derive(Clone)]
+struct Targets {
+    grpc: SessionStoreClient<Channel>,
+    redis: MultiplexedConnection,
+    script: Arc<redis::Script>,
+    /// One service session id and one raw hash key per client.
+    session_ids: Arc<Vec<String>>,
+    raw_keys: Arc<Vec<String>>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let redis_server = RedisServer::new();
+    let client = redis::Client::open(redis_server.url())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    // The test server fsyncs every write; a session store runs with everysec, and both
+    // paths share the setting, so the comparison is of the service, not of the disk.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg("everysec").query_async(&mut redis).await?;
+
+    let shutdown = CancellationToken::new();
+    let config = Config { server: ServerConfig::ephemeral(), store: redis_server.url(), limits: Limits::default() };
+    let running = ficus_sessions::start(config, shutdown.clone()).await?;
+    let channel = Endpoint::from_shared(format!("http://{}", running.grpc_addr))?.tcp_nodelay(true).connect().await?;
+    let mut grpc = SessionStoreClient::new(channel);
+
+    let max_clients = CLIENTS.iter().copied().max().unwrap_or(1);
+    let fixture = HashMap::from([
+        ("user".to_owned(), b"user-0123456789".to_vec()),
+        ("csrf".to_owned(), vec![7; 32]),
+        ("cart".to_owned(), vec![42; 200]),
+    ]);
+    let mut session_ids = Vec::new();
+    let mut raw_keys = Vec::new();
+    for client in 0..max_clients {
+        let request = CreateSessionRequest { attributes: fixture.clone(), ttl: Some(TTL.into()), max_lifetime: None };
+        session_ids.push(grpc.create_session(request).await?.into_inner().id);
+        let key = format!("bench:session:{client}");
+        let mut command = redis::cmd("HSET");
+        command.arg(&key).arg("_ver").arg(1);
+        for (name, value) in &fixture {
+            command.arg(name).arg(value);
+        }
+        let _: () = command.query_async(&mut redis).await?;
+        let _: () = redis::cmd("PEXPIRE").arg(&key).arg(TTL.as_millis() as u64).query_async(&mut redis).await?;
+        raw_keys.push(key);
+    }
+    let targets = Targets {
+        grpc,
+        redis,
+        script: Arc::new(redis::Script::new(RAW_UPDATE)),
+        session_ids: Arc::new(session_ids),
+        raw_keys: Arc::new(raw_keys),
+    };
+
+    println!("sessions benchmark: {CELL_TIME:?} or {CELL_MAX_OPS} ops per cell, Redis appendfsync everysec, loopback");
+    println!(
+        "{:<8} {:>7} {:<8} {:>10} {:>9} {:>9} {:>7} {:>14}",
+        "op", "clients", "path", "ops/s", "p50 µs", "p99 µs", "errors", "service/raw"
+    );
+    for op in [Op::Get, Op::Update] {
+        for clients in CLIENTS {
+            let raw = run_cell(&targets, op, Path::Raw, clients).await;
+            let service = run_cell(&targets, op, Path::Service, clients).await;
+            for (path, cell) in [("raw", &raw), ("service", &service)] {
+                let ratio = if path == "service" {
+                    format!("{:.0}%", 100.0 * service.throughput() / raw.throughput())
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{:<8} {:>7} {:<8} {:>10.0} {:>9} {:>9} {:>7} {:>14}",
+                    format!("{op:?}"),
+                    clients,
+                    path,
+                    cell.throughput(),
+                    cell.latency.value_at_quantile(0.5),
+                    cell.latency.value_at_quantile(0.99),
+                    cell.errors,
+                    ratio,
+                );
+            }
+        }
+    }
+
+    shutdown.cancel();
+    running.wait().await?;
+    Ok(())
+}
+
+/// Runs `clients` concurrent loops of `op` on `path`: a warm-up, then the measured cell.
+async fn run_cell(targets: &Targets, op: Op, path: Path, clients: usize) -> Cell {
+    run_for(targets, op, path, clients, WARM_UP, u64::MAX).await;
+    run_for(targets, op, path, clients, CELL_TIME, CELL_MAX_OPS).await
+}
+
+async fn run_for(targets: &Targets, op: Op, path: Path, clients: usize, time: Duration, max_ops: u64) -> Cell {
+    let started = Instant::now();
+    let end = started + time;
+    let issued = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let targets = targets.clone();
+            let issued = issued.clone();
+            tokio::spawn(async move { client_loop(targets, op, path, client, end, max_ops, issued).await })
+        })
+        .collect();
+    let mut cell = Cell { ops: 0, errors: 0, elapsed: Duration::ZERO, latency: histogram() };
+    for task in tasks {
+        if let Ok((ops, errors, latency)) = task.await {
+            cell.ops += ops;
+            cell.errors += errors;
+            let _ = cell.latency.add(latency);
+        }
+    }
+    cell.elapsed = started.elapsed();
+    cell
+}
+
+/// One client: its own session, its own last-seen version, back-to-back operations.
+async fn client_loop(
+    mut targets: Targets,
+    op: Op,
+    path: Path,
+    client: usize,
+    end: Instant,
+    max_ops: u64,
+    issued: Arc<AtomicU64>,
+) -> (u64, u64, Histogram<u64>) {
+    let id = targets.session_ids[client].clone();
+    let key = targets.raw_keys[client].clone();
+    let mut latency = histogram();
+    let (mut ops, mut errors) = (0_u64, 0_u64);
+    // Unknown at first; 0 makes the first update unconditional, then CAS on what it saw.
+    let mut version = 0_u64;
+    while Instant::now() < end && issued.fetch_add(1, Ordering::Relaxed) < max_ops {
+        let value = ops.to_string();
+        let started = Instant::now();
+        let ok = match (op, path) {
+            (Op::Get, Path::Service) => {
+                targets.grpc.get_session(GetSessionRequest { id: id.clone(), touch: false }).await.is_ok()
+            }
+            (Op::Get, Path::Raw) => {
+                let fields: redis::RedisResult<HashMap<String, Vec<u8>>> =
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut targets.redis).await;
+                fields.is_ok_and(|fields| !fields.is_empty())
+            }
+            (Op::Update, Path::Service) => {
+                let request = UpdateSessionRequest {
+                    id: id.clone(),
+                    expected_version: version,
+                    set: HashMap::from([("counter".to_owned(), value.into_bytes())]),
+                    remove: Vec::new(),
+                    ttl: None,
+                };
+                match targets.grpc.update_session(request).await {
+                    Ok(session) => {
+                        version = session.into_inner().version;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            (Op::Update, Path::Raw) => {
+                let mut invocation = targets.script.prepare_invoke();
+                invocation.key(&key).arg(version).arg(TTL.as_millis() as u64).arg("counter").arg(value);
+                let reply: redis::RedisResult<i64> = invocation.invoke_async(&mut targets.redis).await;
+                match reply.ok().and_then(|reply| u64::try_from(reply).ok()) {
+                    Some(new_version) => {
+                        version = new_version;
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        latency.saturating_record(started.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+        if ok {
+            ops += 1;
+        } else {
+            errors += 1;
+        }
+    }
+    (ops, errors, latency)
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at three significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|error| panic!("histogram bounds: {error}"))
+}

@@ -1,0 +1,294 @@
+//! The session operations, over the service's [`Store`], in domain types.
+//!
+//! A session is one store entry (see [`record`](crate::record)): its version is the
+//! entry's version, so compare-and-set is the store's, and its sliding expiry is the
+//! entry's expiry, so a touch is one [`Store::expire`] that leaves value and version alone.
+//! Every request is checked against the [`Limits`] before anything is written, so a
+//! refused request changes nothing.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use ficus_kit::store::{Expect, Store, StoreError};
+use prost::Message;
+
+use crate::{
+    error::SessionError,
+    expiry,
+    id::SessionId,
+    limits::Limits,
+    metrics::Metrics,
+    record::{Record, unix_millis},
+};
+
+/// How often an unconditional update re-reads and retries after losing a race with
+/// another writer; each lost race means some other write went through.
+const UNCONDITIONAL_ATTEMPTS: usize = 16;
+
+/// How many fresh ids a create tries. With 192 random bits a collision is not expected in
+/// the life of the universe; the retry exists because `Expect::Absent` makes it cheap to
+/// be certain that no session is ever handed to two users.
+const ID_ATTEMPTS: usize = 3;
+
+/// A live session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// The store version of its last write.
+    pub version: u64,
+    /// The attributes.
+    pub attributes: HashMap<String, Vec<u8>>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it expires unless touched.
+    pub expires_at: SystemTime,
+    /// When it expires whatever happens, if it has a maximum lifetime.
+    pub max_expires_at: Option<SystemTime>,
+}
+
+impl Session {
+    fn new(id: SessionId, version: u64, record: Record, expires_at: SystemTime) -> Self {
+        Self {
+            id,
+            version,
+            created_at: record.created_at(),
+            max_expires_at: record.max_expires_at(),
+            attributes: record.attributes,
+            expires_at,
+        }
+    }
+}
+
+/// What CreateSession asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NewSession {
+    /// Initial attributes.
+    pub attributes: HashMap<String, Vec<u8>>,
+    /// Idle TTL; the configured default when `None`.
+    pub ttl: Option<Duration>,
+    /// Maximum lifetime; the configured default (possibly none) when `None`.
+    pub max_lifetime: Option<Duration>,
+}
+
+/// What UpdateSession asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// The version the caller read; 0 for an unconditional update.
+    pub expected_version: u64,
+    /// Attributes to add or overwrite.
+    pub set: HashMap<String, Vec<u8>>,
+    /// Attributes to remove, after `set`.
+    pub remove: Vec<String>,
+    /// New idle TTL, kept from now on; the current one when `None`.
+    pub ttl: Option<Duration>,
+}
+
+/// A session as read from the store.
+struct Loaded {
+    version: u64,
+    record: Record,
+    expires_at: SystemTime,
+}
+
+/// The session operations.
+#[derive(Clone, Debug)]
+pub struct Sessions {
+    store: Store,
+    limits: Arc<Limits>,
+    metrics: Metrics,
+}
+
+impl Sessions {
+    /// Sessions kept in `store`, bounded by `limits`, counted in `metrics`.
+    pub fn new(store: Store, limits: Limits, metrics: Metrics) -> Self {
+        Self { store, limits: Arc::new(limits), metrics }
+    }
+
+    /// Creates a session under a fresh id.
+    pub async fn create(&self, new: NewSession) -> Result<Session, SessionError> {
+        if let Some(ttl) = new.ttl {
+            self.limits.check_ttl("ttl", ttl)?;
+        }
+        if let Some(lifetime) = new.max_lifetime {
+            self.limits.check_max_lifetime("max_lifetime", lifetime)?;
+        }
+        self.limits.check_writes("attributes", &new.attributes)?;
+        self.limits.check_session("attributes", &new.attributes)?;
+        let ttl = new.ttl.unwrap_or(self.limits.default_ttl);
+        let max_lifetime = new.max_lifetime.or(self.limits.default_max_lifetime);
+
+        let now = SystemTime::now();
+        let max_expires_at = max_lifetime.and_then(|lifetime| now.checked_add(lifetime));
+        let mut record = Record {
+            created_at_ms: unix_millis(now),
+            ttl_ms: 0,
+            max_expires_at_ms: max_expires_at.map(unix_millis),
+            attributes: new.attributes,
+        };
+        record.set_ttl(ttl);
+        let (expires_at, left) = schedule(now, expiry::after_explicit_ttl(now, ttl, record.max_expires_at()))
+            .ok_or_else(|| SessionError::Internal("a new session would expire at once".to_owned()))?;
+
+        let mut value = record.encode_to_vec();
+        for _ in 0..ID_ATTEMPTS {
+            let id = SessionId::generate();
+            match self.store.put(id.as_str(), std::mem::take(&mut value), Expect::Absent, Some(left)).await {
+                Ok(version) => {
+                    self.metrics.created.inc();
+                    return Ok(Session::new(id, version, record, expires_at));
+                }
+                Err(StoreError::Conflict { .. }) => value = record.encode_to_vec(),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(SessionError::Internal("every generated session id was taken".to_owned()))
+    }
+
+    /// Reads a session; with `touch`, also slides its expiry as a user's request would.
+    pub async fn get(&self, id: &str, touch: bool) -> Result<Session, SessionError> {
+        let id = parse_id(id)?;
+        let now = SystemTime::now();
+        let mut loaded = self.load(&id, now).await?;
+        if touch {
+            let max = loaded.record.max_expires_at();
+            let slid = expiry::after_activity(now, loaded.record.ttl(), Some(loaded.expires_at), max);
+            loaded.expires_at = self.extend(&id, now, loaded.expires_at, slid).await?;
+        }
+        Ok(Session::new(id, loaded.version, loaded.record, loaded.expires_at))
+    }
+
+    /// Extends a session's expiry without changing its attributes or version.
+    ///
+    /// A `ttl` sets the expiry to exactly that far from now, this once: keeping it as the
+    /// session's TTL would mean rewriting the session, which would change its version.
+    /// UpdateSession changes the TTL for good.
+    pub async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Session, SessionError> {
+        let id = parse_id(id)?;
+        if let Some(ttl) = ttl {
+            self.limits.check_ttl("ttl", ttl)?;
+        }
+        let now = SystemTime::now();
+        let mut loaded = self.load(&id, now).await?;
+        let max = loaded.record.max_expires_at();
+        let moved = match ttl {
+            Some(ttl) => expiry::after_explicit_ttl(now, ttl, max),
+            None => expiry::after_activity(now, loaded.record.ttl(), Some(loaded.expires_at), max),
+        };
+        loaded.expires_at = self.extend(&id, now, loaded.expires_at, moved).await?;
+        Ok(Session::new(id, loaded.version, loaded.record, loaded.expires_at))
+    }
+
+    /// Sets and removes attributes in one write, if the session is still at
+    /// `expected_version` (any version when it is 0). An update is activity: it also slides
+    /// the expiry, or sets it from a new TTL.
+    pub async fn update(&self, id: &str, changes: Changes) -> Result<Session, SessionError> {
+        let id = parse_id(id)?;
+        self.limits.check_writes("set", &changes.set)?;
+        self.limits.check_removals(&changes.remove)?;
+        if let Some(ttl) = changes.ttl {
+            self.limits.check_ttl("ttl", ttl)?;
+        }
+        let conditional = changes.expected_version != 0;
+        let mut current = None;
+        for _ in 0..UNCONDITIONAL_ATTEMPTS {
+            let now = SystemTime::now();
+            let Loaded { version, mut record, expires_at } = self.load(&id, now).await?;
+            if conditional && version != changes.expected_version {
+                return Err(self.conflict(version));
+            }
+            for (name, value) in &changes.set {
+                record.attributes.insert(name.clone(), value.clone());
+            }
+            for name in &changes.remove {
+                record.attributes.remove(name);
+            }
+            self.limits.check_session("set", &record.attributes)?;
+            let max = record.max_expires_at();
+            let moved = match changes.ttl {
+                Some(ttl) => {
+                    record.set_ttl(ttl);
+                    expiry::after_explicit_ttl(now, ttl, max)
+                }
+                None => expiry::after_activity(now, record.ttl(), Some(expires_at), max),
+            };
+            let (expires_at, left) = schedule(now, moved).ok_or(SessionError::NotFound)?;
+            match self.store.put(id.as_str(), record.encode_to_vec(), Expect::Version(version), Some(left)).await {
+                Ok(version) => return Ok(Session::new(id, version, record, expires_at)),
+                // Deleted or expired between the read and the write.
+                Err(StoreError::Conflict { current: None, .. }) => return Err(SessionError::NotFound),
+                Err(StoreError::Conflict { current: Some(now_at), .. }) if conditional => {
+                    return Err(self.conflict(now_at));
+                }
+                // Another writer got in between; an unconditional update simply goes again.
+                Err(StoreError::Conflict { current: Some(now_at), .. }) => current = Some(now_at),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let current = current.ok_or_else(|| SessionError::Internal("no update attempt was made".to_owned()))?;
+        Err(self.conflict(current))
+    }
+
+    /// Deletes a session; returns whether a live one was removed. Deleting an unknown or
+    /// expired session succeeds, so a retried logout is harmless.
+    pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
+        let id = parse_id(id)?;
+        let existed = self.store.delete(id.as_str(), Expect::Any).await?;
+        if existed {
+            self.metrics.deleted.inc();
+        }
+        Ok(existed)
+    }
+
+    /// Reads a live session. The hard maximum is checked here as well as by the store's
+    /// expiry: the store computes its deadline a moment after this service does (and on
+    /// Redis, by another clock), and an expired session must never be returned.
+    async fn load(&self, id: &SessionId, now: SystemTime) -> Result<Loaded, SessionError> {
+        let entry = self.store.get(id.as_str()).await?.ok_or(SessionError::NotFound)?;
+        let record = Record::decode_from(&entry.value)
+            .ok_or_else(|| SessionError::Internal("a stored session cannot be decoded".to_owned()))?;
+        // Every session is written with a TTL; should one lack it, treat it as idle from
+        // now rather than keep it forever, and let the next touch or update repair it.
+        let expires_at = entry.expires_at.or_else(|| now.checked_add(record.ttl())).unwrap_or(now);
+        let expires_at = record.max_expires_at().map_or(expires_at, |max| expires_at.min(max));
+        if expires_at <= now {
+            return Err(SessionError::NotFound);
+        }
+        Ok(Loaded { version: entry.version, record, expires_at })
+    }
+
+    /// Moves the expiry from `current` to `moved` (when it moves at all) and returns the
+    /// new expiry; NOT_FOUND when the session is over or vanished meanwhile.
+    async fn extend(
+        &self,
+        id: &SessionId,
+        now: SystemTime,
+        current: SystemTime,
+        moved: Option<SystemTime>,
+    ) -> Result<SystemTime, SessionError> {
+        let (expires_at, left) = schedule(now, moved).ok_or(SessionError::NotFound)?;
+        // Same deadline to the millisecond: spare the store a write.
+        if unix_millis(expires_at) == unix_millis(current) {
+            return Ok(current);
+        }
+        if self.store.expire(id.as_str(), left).await? { Ok(expires_at) } else { Err(SessionError::NotFound) }
+    }
+
+    fn conflict(&self, current: u64) -> SessionError {
+        self.metrics.conflicts.inc();
+        SessionError::Conflict { current }
+    }
+}
+
+/// An expiry and the TTL that gets the store there from `now`; `None` when it has passed.
+fn schedule(now: SystemTime, expires_at: Option<SystemTime>) -> Option<(SystemTime, Duration)> {
+    let expires_at = expires_at?;
+    Some((expires_at, expiry::remaining(now, expires_at)?))
+}
+
+fn parse_id(id: &str) -> Result<SessionId, SessionError> {
+    SessionId::parse(id).map_err(|error| SessionError::invalid("id", error))
+}

@@ -1,0 +1,21 @@
+//! Test support shared by the ficus test suites.
+//!
+//! Tests here run against real processes rather than mocks, because what breaks in
+//! production is the behaviour of the real thing: a Redis that restarts, replays its
+//! append-only file or refuses connections. This crate starts such processes on free
+//! loopback ports, each with its own temporary directory, and offers polling helpers so
+//! that no test synchronises with a fixed sleep.
+
+mod backend;
+pub mod grpc;
+pub mod http;
+mod port;
+mod process;
+mod redis;
+mod wait;
+
+pub use self::backend::{BACKEND_HEADER, Backend};
+pub use self::port::free_port;
+pub use self::process::{ServiceProcess, check_binary_lifecycle};
+pub use self::redis::RedisServer;
+pub use self::wait::{eventually, wait_until};

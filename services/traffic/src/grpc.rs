@@ -1,0 +1,121 @@
+//! The `TrafficControl` gRPC service: decoding requests, calling the registry and stats,
+//! encoding answers. No traffic logic lives here.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use ficus_kit::status;
+use ficus_proto::traffic::v1::{self as proto, traffic_control_server::TrafficControl};
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{registry::Registry, stats::Stats, table::LiveTable};
+
+/// Window of `GetTrafficStats` when the request names none.
+const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
+
+/// The `TrafficControl` service.
+#[derive(Clone, Debug)]
+pub struct TrafficService {
+    registry: Registry,
+    stats: Stats,
+    retention: Duration,
+    shutdown: CancellationToken,
+}
+
+impl TrafficService {
+    /// Serves `registry` and `stats`; streams end when `shutdown` is cancelled.
+    pub fn new(registry: Registry, stats: Stats, retention: Duration, shutdown: CancellationToken) -> Self {
+        Self { registry, stats, retention, shutdown }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::RouteEvent, Status>> + Send>>;
+
+fn snapshot_event(table: &LiveTable) -> proto::RouteEvent {
+    proto::RouteEvent { event: Some(proto::route_event::Event::Snapshot(table.load().snapshot())) }
+}
+
+#[tonic::async_trait]
+impl TrafficControl for TrafficService {
+    async fn put_route(&self, request: Request<proto::PutRouteRequest>) -> Result<Response<proto::Route>, Status> {
+        let request = request.into_inner();
+        let route = request.route.ok_or_else(|| status::invalid_argument("route", "required"))?;
+        Ok(Response::new(self.registry.put(&route, request.expected_generation).await?))
+    }
+
+    async fn get_route(&self, request: Request<proto::GetRouteRequest>) -> Result<Response<proto::Route>, Status> {
+        Ok(Response::new(self.registry.get(&request.into_inner().name).await?))
+    }
+
+    async fn list_routes(
+        &self,
+        _request: Request<proto::ListRoutesRequest>,
+    ) -> Result<Response<proto::ListRoutesResponse>, Status> {
+        Ok(Response::new(proto::ListRoutesResponse { routes: self.registry.list().await? }))
+    }
+
+    async fn delete_route(
+        &self,
+        request: Request<proto::DeleteRouteRequest>,
+    ) -> Result<Response<proto::DeleteRouteResponse>, Status> {
+        let request = request.into_inner();
+        self.registry.delete(&request.name, request.expected_generation).await?;
+        Ok(Response::new(proto::DeleteRouteResponse {}))
+    }
+
+    async fn set_weights(&self, request: Request<proto::SetWeightsRequest>) -> Result<Response<proto::Route>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(self.registry.set_weights(&request.route, &request.weights, request.expected_generation).await?))
+    }
+
+    async fn watch_routes(
+        &self,
+        _request: Request<proto::WatchRoutesRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let table = self.registry.table().clone();
+        // Subscribe before the snapshot so no change falls between the two.
+        let changes = BroadcastStream::new(table.subscribe());
+        let first = snapshot_event(&table);
+        let follow = Arc::clone(&table);
+        let events = futures::stream::once(async move { Ok(first) })
+            .chain(changes.map(move |change| match change {
+                Ok(event) => Ok(event),
+                Err(BroadcastStreamRecvError::Lagged(_)) => Ok(snapshot_event(&follow)),
+            }))
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn get_traffic_stats(
+        &self,
+        request: Request<proto::GetTrafficStatsRequest>,
+    ) -> Result<Response<proto::TrafficStats>, Status> {
+        let request = request.into_inner();
+        let table = self.registry.table().load();
+        let active =
+            table.get(&request.route).ok_or_else(|| Status::not_found(format!("route `{}` not found", request.route)))?;
+        let backends = if request.backends.is_empty() {
+            active.route.backends.iter().map(|backend| backend.name.clone()).collect()
+        } else {
+            for (i, name) in request.backends.iter().enumerate() {
+                if active.route.backend_index(name).is_none() {
+                    return Err(status::invalid_argument(
+                        &format!("backends[{i}]"),
+                        format!("`{name}` is not a backend of route `{}`", request.route),
+                    ));
+                }
+            }
+            request.backends
+        };
+        let window = match request.window {
+            None => DEFAULT_STATS_WINDOW,
+            Some(window) => Duration::try_from(window)
+                .ok()
+                .filter(|window| !window.is_zero())
+                .ok_or_else(|| status::invalid_argument("window", "must be positive"))?,
+        };
+        Ok(Response::new(self.stats.snapshot(&request.route, &backends, window.min(self.retention))))
+    }
+}

@@ -1,0 +1,121 @@
+//! Traffic control: owns routes and their weights, rules and sticky cohorts, applies them
+//! to the data plane, and measures every request.
+//!
+//! - [`route`]: the route model and its validation;
+//! - [`balance`]: smooth weighted round-robin and sticky cohorts;
+//! - [`table`]: the live route table the data plane reads;
+//! - [`registry`]: routes in the store, followed across replicas;
+//! - [`proxy`]: the embedded HTTP/1.1 and HTTP/2 data plane;
+//! - [`stats`]: request counts and latency histograms over a sliding window;
+//! - [`grpc`]: the `TrafficControl` API on top.
+
+pub mod balance;
+mod error;
+pub mod grpc;
+pub mod proxy;
+pub mod registry;
+pub mod route;
+pub mod stats;
+pub mod table;
+
+use std::{sync::Arc, time::Duration};
+
+use ficus_kit::{
+    config::{self, ConfigError, ServiceConfig},
+    server::{Running, ServeError, Server, ServerConfig},
+    store::Store,
+};
+use ficus_proto::traffic::v1::traffic_control_server::TrafficControlServer;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use self::error::Error;
+use self::{grpc::TrafficService, proxy::ProxyConfig, registry::Registry, stats::Stats, table::LiveTable};
+
+/// Configuration of the traffic service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Listen addresses and shutdown grace.
+    pub server: ServerConfig,
+    /// Where routes are kept: a directory or a Redis URL.
+    pub store: String,
+    /// The embedded data plane.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// How much request history is kept for `GetTrafficStats`.
+    #[serde(with = "humantime_serde", default = "default_stats_retention")]
+    pub stats_retention: Duration,
+}
+
+fn default_stats_retention() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::on_ports(7003, 9003),
+            store: "data/traffic".into(),
+            proxy: ProxyConfig::default(),
+            stats_retention: default_stats_retention(),
+        }
+    }
+}
+
+impl Config {
+    /// Loopback on kernel-chosen ports, for services embedded in tests and demos.
+    pub fn ephemeral(store: impl Into<String>) -> Self {
+        let mut config = Self { server: ServerConfig::ephemeral(), store: store.into(), ..Self::default() };
+        config.proxy.listen = ([127, 0, 0, 1], 0).into();
+        config
+    }
+}
+
+impl ServiceConfig for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        config::check_store("store", &self.store)?;
+        if self.proxy.listen.port() != 0
+            && (self.proxy.listen == self.server.grpc_addr || self.proxy.listen == self.server.admin_addr)
+        {
+            return Err(ConfigError::invalid("proxy.listen", "must differ from the gRPC and admin addresses"));
+        }
+        if self.proxy.request_timeout.is_zero() {
+            return Err(ConfigError::invalid("proxy.request_timeout", "must be positive"));
+        }
+        if self.proxy.connect_timeout.is_zero() {
+            return Err(ConfigError::invalid("proxy.connect_timeout", "must be positive"));
+        }
+        if self.stats_retention < Duration::from_secs(1) || self.stats_retention > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::invalid("stats_retention", "must be between 1s and 24h"));
+        }
+        Ok(())
+    }
+}
+
+/// The name under which [`Running::addr`] reports the data plane's address.
+pub const DATA_PLANE: &str = "proxy";
+
+/// Opens the store, loads the routes, and serves the API and the data plane until
+/// `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    let store = Store::open(&config.store, "traffic").await.map_err(Error::Store)?;
+    let stats = Stats::new(config.stats_retention);
+    let table = Arc::new(LiveTable::new(stats.clone()));
+    let registry = Registry::open(store.clone(), table.clone()).await?;
+    tokio::spawn(registry.clone().follow(shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.proxy.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
+    let proxy_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
+    let service = TrafficService::new(registry, stats.clone(), config.stats_retention, shutdown.clone());
+    let routes = tonic::service::Routes::new(TrafficControlServer::new(service));
+    let mut server = Server::new(ficus_proto::service_names::TRAFFIC, config.server, routes).depends_on(store);
+    stats.register(server.registry());
+    let running = server.start(shutdown.clone()).await?;
+    let proxy = Arc::new(proxy::Proxy::new(table, config.proxy));
+    tracing::info!(%proxy_addr, "data plane listening");
+    let task = tokio::spawn(proxy.serve(listener, shutdown));
+    Ok(running.attach(DATA_PLANE, proxy_addr, task))
+}

@@ -1,0 +1,203 @@
+//! Sending a request to the chosen backend, and a copy to the mirror.
+
+use std::{net::SocketAddr, time::Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::{Proxy, ProxyBody, plain};
+use crate::{stats::Outcome, table::ActiveRoute};
+
+/// Headers that describe one hop, not the request, and so are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The host a request is for, without port: from `Host` (HTTP/1.1) or the URI (HTTP/2).
+pub(super) fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let authority = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|authority| authority.as_str()))?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Forwards `request` to `backend` of `active`, records the outcome, and maps failures to
+/// 502 (no connection) or 504 (no answer in time).
+pub(super) async fn forward(
+    proxy: &Proxy,
+    active: &ActiveRoute,
+    backend: usize,
+    client: SocketAddr,
+    host: Option<String>,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding(&mut parts.headers, client, host.as_deref());
+    if let Some(authority) = authority {
+        parts.headers.insert(header::HOST, authority);
+    }
+    parts.version = http::Version::HTTP_11;
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str()).to_owned();
+
+    let body = match active.take_mirror_turn() {
+        Some(shadow) if mirrorable(&parts.headers, proxy.config.max_mirror_body_bytes) => {
+            let limit = usize::try_from(proxy.config.max_mirror_body_bytes).unwrap_or(usize::MAX);
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return plain(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
+            };
+            mirror(proxy, active, shadow, &parts, &path, bytes.clone());
+            Full::new(bytes).map_err(|never| match never {}).boxed()
+        }
+        _ => body.boxed(),
+    };
+    let endpoint = active.endpoint(backend).to_string();
+    let Ok(uri) = Uri::try_from(format!("http://{endpoint}{path}")) else {
+        return plain(StatusCode::BAD_REQUEST, "the request path cannot be forwarded\n");
+    };
+    parts.uri = uri;
+    let recorder = &active.recorders[backend];
+    let started = Instant::now();
+    match tokio::time::timeout(proxy.config.request_timeout, proxy.client.request(Request::from_parts(parts, body))).await
+    {
+        Ok(Ok(response)) => {
+            recorder.record(Outcome::Status(response.status().as_u16()), started.elapsed());
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Ok(Err(error)) => {
+            recorder.record(Outcome::ConnectionError, started.elapsed());
+            tracing::debug!(%error, %endpoint, "upstream request failed");
+            plain(StatusCode::BAD_GATEWAY, "the backend could not be reached\n")
+        }
+        Err(_) => {
+            recorder.record(Outcome::ConnectionError, started.elapsed());
+            plain(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n")
+        }
+    }
+}
+
+/// Only requests whose whole body is known to be small are copied: the copy must be
+/// buffered, and buffering an unbounded stream would hold the real request hostage.
+fn mirrorable(headers: &HeaderMap, max_bytes: u64) -> bool {
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(length) => length.to_str().ok().and_then(|length| length.parse::<u64>().ok()).is_some_and(|n| n <= max_bytes),
+        None => !headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+/// Sends a copy to the shadow backend in the background; its response is discarded and
+/// never delays the real one, but it is counted so the shadow can be judged too.
+fn mirror(proxy: &Proxy, active: &ActiveRoute, shadow: usize, parts: &http::request::Parts, path: &str, body: Bytes) {
+    let endpoint = active.endpoint(shadow).to_string();
+    let Ok(uri) = Uri::try_from(format!("http://{endpoint}{path}")) else { return };
+    let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(http::Version::HTTP_11);
+    if let Some(headers) = builder.headers_mut() {
+        headers.clone_from(&parts.headers);
+    }
+    let Ok(request) = builder.body(Full::new(body).map_err(|never| match never {}).boxed()) else { return };
+    let client = proxy.client.clone();
+    let timeout = proxy.config.request_timeout;
+    let recorder = active.recorders[shadow].clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, client.request(request)).await {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                // Drain so the pooled connection can be reused; the content is not wanted.
+                let _ = response.into_body().collect().await;
+                recorder.record(Outcome::Status(status), started.elapsed());
+            }
+            Ok(Err(_)) | Err(_) => recorder.record(Outcome::ConnectionError, started.elapsed()),
+        }
+    });
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(name);
+    }
+}
+
+fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|value| value.to_str().ok()) {
+        Some(previous) => format!("{previous}, {}", client.ip()),
+        None => client.ip().to_string(),
+    };
+    if let Ok(chain) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, chain);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host.and_then(|host| HeaderValue::from_str(host).ok())
+        && !headers.contains_key(&X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("traceparent"), "trace context passes through");
+    }
+
+    #[test]
+    fn forwarding_headers_extend_an_existing_chain() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        add_forwarding(&mut headers, "127.0.0.1:5000".parse().expect("addr"), Some("shop.example"));
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&X_FORWARDED_HOST], "shop.example");
+    }
+
+    #[test]
+    fn hosts_lose_their_port() {
+        let request = Request::builder().header(header::HOST, "Shop.Example:8080").body(()).expect("request");
+        assert_eq!(request_host(&request).as_deref(), Some("shop.example"));
+        let request = Request::builder().header(header::HOST, "[::1]:8080").body(()).expect("request");
+        assert_eq!(request_host(&request).as_deref(), Some("::1"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The embedded data plane: an HTTP/1.1 and HTTP/2 reverse proxy that follows the route
+//! table live.
+//!
+//! Every request reads the table with one atomic load, so a weight change applies to the
+//! next request. Upstream connections are pooled. A backend that refuses or does not
+//! answer in time gives the client 502 or 504 and counts as that backend's error, because
+//! that is exactly the evidence analysis needs to roll it back.
+
+mod choose;
+mod forward;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{Request, Response, StatusCode, body::Incoming};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::table::LiveTable;
+
+/// Bodies the proxy sends and returns.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Data plane settings, the `proxy` section of the traffic configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyConfig {
+    /// Listen address of the data plane.
+    pub listen: SocketAddr,
+    /// Longest wait for an upstream's response headers before answering 504.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest wait for an upstream connection before answering 502.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long an idle connection, client or upstream, is kept.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest request body copied to a mirror; larger requests are not mirrored.
+    pub max_mirror_body_bytes: u64,
+    /// How long connections may finish their requests after shutdown starts.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            max_mirror_body_bytes: 1 << 20,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The proxy's shared state.
+#[derive(Debug)]
+pub struct Proxy {
+    table: Arc<LiveTable>,
+    client: Client<HttpConnector, ProxyBody>,
+    config: ProxyConfig,
+}
+
+impl Proxy {
+    /// A proxy over `table`.
+    pub fn new(table: Arc<LiveTable>, config: ProxyConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { table, client, config }
+    }
+
+    /// Serves connections from `listener` until `shutdown`, then lets open connections
+    /// finish within the grace period.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let mut connections = auto::Builder::new(TokioExecutor::new());
+        connections.http1().timer(TokioTimer::new()).header_read_timeout(self.config.idle_timeout);
+        connections.http2().timer(TokioTimer::new());
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, client) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Running out of file descriptors must not end the data plane.
+                        tracing::warn!(%error, "cannot accept a connection");
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let proxy = self.clone();
+            let service = hyper::service::service_fn(move |request| proxy.clone().handle(client, request));
+            let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, %client, "client connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(self.config.grace_period, graceful.shutdown()).await.is_err() {
+            tracing::warn!("data plane grace period over; closing connections still open");
+        }
+        Ok(())
+    }
+
+    async fn handle(self: Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let table = self.table.load();
+        let host = forward::request_host(&request);
+        let Some(active) = table.find(host.as_deref(), request.uri().path()) else {
+            return Ok(plain(StatusCode::NOT_FOUND, "no route matches this request\n"));
+        };
+        let Some(choice) = choose::backend(active, request.headers()) else {
+            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend with weight\n"));
+        };
+        let response = forward::forward(&self, active, choice.backend, client, host, request).await;
+        Ok(match choice.new_sticky_cookie {
+            Some(cookie) => choose::set_cookie(response, &cookie),
+            None => response,
+        })
+    }
+}
+
+/// A short plain-text response generated by the proxy itself.
+fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

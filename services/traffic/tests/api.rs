@@ -1,0 +1,182 @@
+//! The `TrafficControl` API: validation, conflicts, watching, durability and statistics.
+
+mod support;
+
+use std::time::Duration;
+
+use ficus_kit::status::{conflict_version, invalid_field};
+use ficus_proto::traffic::v1 as proto;
+use ficus_testkit::Backend;
+use futures::StreamExt;
+use support::{Traffic, route};
+use tonic::Code;
+
+async fn assert_invalid(traffic: &mut Traffic, route: proto::Route, field: &str) {
+    let status = traffic
+        .api
+        .put_route(proto::PutRouteRequest { route: Some(route), expected_generation: 0 })
+        .await
+        .expect_err("invalid route accepted");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(invalid_field(&status).as_deref(), Some(field), "{status:?}");
+    assert!(status.message().starts_with(field), "the message names the field: {}", status.message());
+}
+
+#[tokio::test]
+async fn bad_routes_are_refused_with_the_field_path_and_change_nothing() {
+    let mut traffic = Traffic::start().await;
+    let good = route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 500);
+    let before = traffic.put(good.clone()).await;
+
+    let mut bad = good.clone();
+    bad.weights.insert("canary".into(), 600);
+    assert_invalid(&mut traffic, bad, "route.weights").await;
+    let mut bad = good.clone();
+    bad.rules.push(proto::Rule {
+        r#match: Some(proto::rule::Match::Cookie(proto::CookieMatch { name: "canary".into(), value: "always".into() })),
+        backend: "elsewhere".into(),
+    });
+    assert_invalid(&mut traffic, bad, "route.rules[0].backend").await;
+    let mut bad = good.clone();
+    bad.rules.push(proto::Rule {
+        r#match: Some(proto::rule::Match::Header(proto::HeaderMatch {
+            name: "x-canary".into(),
+            value: Some(proto::header_match::Value::Regex("[".into())),
+        })),
+        backend: "canary".into(),
+    });
+    assert_invalid(&mut traffic, bad, "route.rules[0].header.regex").await;
+    let mut bad = good.clone();
+    bad.backends[0].endpoints = vec!["legacy.internal".into()];
+    assert_invalid(&mut traffic, bad, "route.backends[0].endpoints[0]").await;
+    let mut bad = good.clone();
+    bad.name = "other".into();
+    assert_invalid(&mut traffic, bad, "route.match").await;
+
+    let status = traffic
+        .api
+        .set_weights(proto::SetWeightsRequest {
+            route: "checkout".into(),
+            weights: [("stable".to_owned(), 1), ("canary".to_owned(), 1)].into(),
+            expected_generation: 0,
+        })
+        .await
+        .expect_err("bad weights accepted");
+    assert_eq!(invalid_field(&status).as_deref(), Some("weights"));
+
+    let after = traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
+    assert_eq!(after, before, "rejected requests changed nothing");
+    let listed = traffic.api.list_routes(proto::ListRoutesRequest {}).await.expect("list").into_inner();
+    assert_eq!(listed.routes, vec![before]);
+    traffic.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_generation_is_aborted_with_the_current_one() {
+    let mut traffic = Traffic::start().await;
+    let created =
+        traffic.put(route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 0)).await;
+    let moved = traffic.set_weights("checkout", &[("stable", 9_500), ("canary", 500)]).await;
+    assert!(moved.generation > created.generation, "every change bumps the generation");
+    let status = traffic
+        .api
+        .set_weights(proto::SetWeightsRequest {
+            route: "checkout".into(),
+            weights: [("stable".to_owned(), 0), ("canary".to_owned(), 10_000)].into(),
+            expected_generation: created.generation,
+        })
+        .await
+        .expect_err("stale write accepted");
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(conflict_version(&status), Some(moved.generation));
+    let current = traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route");
+    assert_eq!(current.into_inner().weights["canary"], 500, "the losing write changed nothing");
+    let status = traffic
+        .api
+        .get_route(proto::GetRouteRequest { name: "nope".into() })
+        .await
+        .expect_err("unknown route found");
+    assert_eq!(status.code(), Code::NotFound);
+    traffic.stop().await;
+}
+
+async fn next(events: &mut tonic::Streaming<proto::RouteEvent>) -> proto::RouteEvent {
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("event in time");
+    event.expect("stream open").expect("event")
+}
+
+#[tokio::test]
+async fn watching_streams_the_table_then_every_change() {
+    let mut traffic = Traffic::start().await;
+    let created =
+        traffic.put(route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 0)).await;
+    let mut events = traffic.api.watch_routes(proto::WatchRoutesRequest {}).await.expect("watch").into_inner();
+    match next(&mut events).await.event {
+        Some(proto::route_event::Event::Snapshot(snapshot)) => assert_eq!(snapshot.routes, vec![created]),
+        other => panic!("expected a snapshot first, got {other:?}"),
+    }
+    let moved = traffic.set_weights("checkout", &[("stable", 8_000), ("canary", 2_000)]).await;
+    match next(&mut events).await.event {
+        Some(proto::route_event::Event::Put(route)) => assert_eq!(route, moved),
+        other => panic!("expected the change, got {other:?}"),
+    }
+    traffic.api.delete_route(proto::DeleteRouteRequest { name: "checkout".into(), expected_generation: 0 }).await.expect("delete");
+    match next(&mut events).await.event {
+        Some(proto::route_event::Event::Deleted(deleted)) => assert_eq!(deleted.name, "checkout"),
+        other => panic!("expected the deletion, got {other:?}"),
+    }
+    traffic.stop().await;
+}
+
+#[tokio::test]
+async fn routes_survive_a_restart() {
+    let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
+    let mut traffic = Traffic::start().await;
+    let created = traffic.put(route("checkout", stable.addr(), canary.addr(), 0)).await;
+    let moved = traffic.set_weights("checkout", &[("stable", 0), ("canary", 10_000)]).await;
+    assert_ne!(created, moved);
+    let data = traffic.stop().await;
+    let mut traffic = Traffic::start_in(data).await;
+    let after = traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
+    assert_eq!(after, moved);
+    assert_eq!(traffic.get("/", &[]).await.backend.as_deref(), Some("canary"), "the data plane follows the stored route");
+    traffic.stop().await;
+}
+
+async fn stats(traffic: &mut Traffic) -> Vec<proto::BackendStats> {
+    let request = proto::GetTrafficStatsRequest { route: "checkout".into(), backends: vec![], window: None };
+    traffic.api.get_traffic_stats(request).await.expect("stats").into_inner().backends
+}
+
+#[tokio::test]
+async fn a_backend_that_goes_down_gives_502s_counted_against_it_then_recovers() {
+    let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
+    let mut traffic = Traffic::start().await;
+    traffic.put(route("checkout", stable.addr(), canary.addr(), 5_000)).await;
+    for _ in 0..100 {
+        assert_eq!(traffic.get("/", &[]).await.status, 200);
+    }
+    let canary_addr = canary.stop().await;
+    let statuses: Vec<u16> = futures::future::join_all((0..100).map(|_| traffic.get("/", &[]))).await.iter().map(|a| a.status).collect();
+    assert_eq!(statuses.iter().filter(|status| **status == 502).count(), 50, "every canary request fails as 502");
+    let canary = Backend::start_on("canary", canary_addr).await;
+    for _ in 0..100 {
+        assert_eq!(traffic.get("/", &[]).await.status, 200, "recovered without a restart");
+    }
+    assert_eq!(canary.hits(), 50);
+
+    let by_name = stats(&mut traffic).await;
+    let canary_stats = by_name.iter().find(|b| b.backend == "canary").expect("canary stats");
+    let stable_stats = by_name.iter().find(|b| b.backend == "stable").expect("stable stats");
+    assert_eq!(canary_stats.requests, 150);
+    assert_eq!(canary_stats.connection_errors, 50);
+    assert_eq!(canary_stats.errors, 50);
+    assert_eq!(stable_stats.requests, 150);
+    assert_eq!(stable_stats.errors, 0);
+    assert_eq!(stable_stats.responses_by_class.get("2xx"), Some(&150));
+    let latency = stable_stats.latency.expect("latency");
+    assert!(latency.p50_seconds > 0.0 && latency.p50_seconds <= latency.p99_seconds);
+    let histogram_total: u64 = stable_stats.histogram.as_ref().expect("histogram").buckets.iter().map(|b| b.count).sum();
+    assert_eq!(histogram_total, 150);
+    traffic.stop().await;
+}

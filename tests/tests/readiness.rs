@@ -1,0 +1,71 @@
+//! Readiness follows the services a service depends on, and recovers by itself.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ficus_kit::server::{Running, ServerConfig};
+use ficus_proto::service_names::{PLANNER, TRAFFIC};
+use ficus_testkit::{ServiceProcess, free_port, grpc, http, wait_until};
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+async fn start_traffic(addr: SocketAddr, store: &std::path::Path) -> (Running, CancellationToken) {
+    let mut config = ficus_traffic::Config::ephemeral(store.display().to_string());
+    config.server.grpc_addr = addr;
+    let shutdown = CancellationToken::new();
+    let running = ficus_traffic::start(config, shutdown.clone()).await.expect("traffic starts");
+    (running, shutdown)
+}
+
+#[tokio::test]
+async fn the_planner_is_ready_only_while_traffic_answers() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let traffic_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (traffic, stop_traffic) = start_traffic(traffic_addr, &data.path().join("traffic")).await;
+
+    let shutdown = CancellationToken::new();
+    let analysis = ficus_analysis::start(
+        ficus_analysis::Config {
+            server: ServerConfig::ephemeral(),
+            store: data.path().join("analysis").display().to_string(),
+            traffic: traffic_addr.to_string(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .expect("analysis starts");
+    let planner = ficus_planner::start(
+        ficus_planner::Config {
+            server: ServerConfig::ephemeral(),
+            store: data.path().join("planner").display().to_string(),
+            traffic: traffic_addr.to_string(),
+            analysis: analysis.grpc_addr.to_string(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .expect("planner starts");
+    ServiceProcess::wait_serving_at(planner.grpc_addr, PLANNER, Duration::from_secs(10)).await;
+
+    stop_traffic.cancel();
+    traffic.wait().await.expect("traffic stops cleanly");
+    let planner_addr = planner.grpc_addr;
+    wait_until(Duration::from_secs(10), || async move {
+        matches!(grpc::health(planner_addr, PLANNER).await, Ok(ServingStatus::NotServing)).then_some(())
+    })
+    .await;
+    let (code, body) = http::get(planner.admin_addr, "/readyz").await.expect("readyz answers");
+    assert_eq!(code, 503);
+    assert!(body.contains(TRAFFIC), "the missing dependency is named: {body}");
+
+    // A fresh store: the point is the address coming back, not the data.
+    let (traffic, stop_traffic) = start_traffic(traffic_addr, &data.path().join("traffic-again")).await;
+    ServiceProcess::wait_serving_at(planner.grpc_addr, PLANNER, Duration::from_secs(10)).await;
+    let (code, _) = http::get(planner.admin_addr, "/readyz").await.expect("readyz answers");
+    assert_eq!(code, 200, "ready again without a restart");
+
+    stop_traffic.cancel();
+    shutdown.cancel();
+    traffic.wait().await.expect("traffic stops cleanly");
+    analysis.wait().await.expect("analysis stops cleanly");
+    planner.wait().await.expect("planner stops cleanly");
+}
