@@ -8,6 +8,7 @@ set -euo pipefail
 declare -A tools=(
   [redis-server]=redis-server
   [nginx]=nginx
+  [prometheus]=prometheus
 )
 
 missing=()

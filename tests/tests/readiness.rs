@@ -24,11 +24,7 @@ async fn the_planner_is_ready_only_while_traffic_answers() {
 
     let shutdown = CancellationToken::new();
     let analysis = ficus_analysis::start(
-        ficus_analysis::Config {
-            server: ServerConfig::ephemeral(),
-            store: data.path().join("analysis").display().to_string(),
-            traffic: traffic_addr.to_string(),
-        },
+        ficus_analysis::Config::ephemeral(data.path().join("analysis").display().to_string(), traffic_addr.to_string()),
         shutdown.clone(),
     )
     .await

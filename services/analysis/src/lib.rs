@@ -1,8 +1,21 @@
 //! Metric analysis: judges a canary against its baseline from traffic's request statistics
 //! or Prometheus, with thresholds and statistical tests: PASS, FAIL or INCONCLUSIVE.
 //!
-//! Sources, checks and runs arrive with the analysis issue; this
-//! crate already serves the v1 contract with health, reflection, metrics and its store.
+//! - [`source`]: where values come from (traffic, Prometheus, fixed);
+//! - [`observation`]: what a source hands the judge;
+//! - [`statistics`]: the tests, pure functions;
+//! - [`judge`]: templates, checks, scores and verdicts, with sequential testing so that
+//!   judging again and again does not inflate false failures;
+//! - [`runs`]: judging a stage every interval; [`grpc`]: the `Analysis` API on top.
+
+mod error;
+pub mod grpc;
+pub mod judge;
+pub mod observation;
+mod request;
+pub mod runs;
+pub mod source;
+pub mod statistics;
 
 use ficus_kit::{
     client::{self, AddressError, Peer},
@@ -10,9 +23,16 @@ use ficus_kit::{
     server::{Running, ServeError, Server, ServerConfig},
     store::{Store, StoreError},
 };
-use ficus_proto::analysis::v1::analysis_server::{Analysis, AnalysisServer};
+use ficus_proto::analysis::v1::analysis_server::AnalysisServer;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+pub use self::error::Error as AnalysisError;
+use self::{
+    grpc::AnalysisService,
+    runs::Runs,
+    source::{PrometheusConfig, PrometheusSource, Sources, TrafficSource},
+};
 
 /// Configuration of the analysis service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,11 +43,26 @@ pub struct Config {
     pub store: String,
     /// Address of the traffic service, whose request statistics are the built-in metric source.
     pub traffic: String,
+    /// The Prometheus server checks query by default.
+    #[serde(default)]
+    pub prometheus: PrometheusConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { server: ServerConfig::on_ports(7002, 9002), store: "data/analysis".into(), traffic: "127.0.0.1:7003".into() }
+        Self {
+            server: ServerConfig::on_ports(7002, 9002),
+            store: "data/analysis".into(),
+            traffic: "127.0.0.1:7003".into(),
+            prometheus: PrometheusConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loopback on kernel-chosen ports, reading statistics from `traffic`.
+    pub fn ephemeral(store: impl Into<String>, traffic: impl Into<String>) -> Self {
+        Self { server: ServerConfig::ephemeral(), store: store.into(), traffic: traffic.into(), ..Self::default() }
     }
 }
 
@@ -35,7 +70,14 @@ impl ServiceConfig for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         config::check_store("store", &self.store)?;
-        config::check_peer("traffic", &self.traffic)
+        config::check_peer("traffic", &self.traffic)?;
+        if !(self.prometheus.address.starts_with("http://") || self.prometheus.address.starts_with("https://")) {
+            return Err(ConfigError::invalid("prometheus.address", "must be an http:// or https:// URL"));
+        }
+        if self.prometheus.timeout.is_zero() {
+            return Err(ConfigError::invalid("prometheus.timeout", "must be positive"));
+        }
+        Ok(())
     }
 }
 
@@ -48,26 +90,30 @@ pub enum Error {
     /// A peer address is malformed.
     #[error(transparent)]
     Peer(#[from] AddressError),
+    /// The HTTP client for Prometheus could not be built.
+    #[error("cannot build the Prometheus client: {0}")]
+    Prometheus(#[from] reqwest::Error),
+    /// Stored runs could not be read.
+    #[error(transparent)]
+    Runs(#[from] AnalysisError),
     /// The server could not start.
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
 
-/// The `Analysis` service.
-#[derive(Clone, Debug, Default)]
-pub struct AnalysisService;
-
-impl Analysis for AnalysisService {}
-
 /// How long one call to a peer service may take.
 const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Opens the store and serves until `shutdown` is cancelled.
+/// Opens the store, resumes runs, and serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let store = Store::open(&config.store, "analysis").await?;
-    let routes = tonic::service::Routes::new(AnalysisServer::new(AnalysisService));
     let traffic = client::connect(&config.traffic, PEER_TIMEOUT)?;
-    let server = Server::new(ficus_proto::service_names::ANALYSIS, config.server, routes).depends_on(store)
+    let sources =
+        Sources { traffic: TrafficSource::new(traffic.clone()), prometheus: PrometheusSource::new(config.prometheus)? };
+    let runs = Runs::open(store.clone(), sources, shutdown.clone()).await?;
+    let routes = tonic::service::Routes::new(AnalysisServer::new(AnalysisService::new(runs, shutdown.clone())));
+    let server = Server::new(ficus_proto::service_names::ANALYSIS, config.server, routes)
+        .depends_on(store)
         .depends_on(Peer::new(ficus_proto::service_names::TRAFFIC, traffic));
     Ok(server.start(shutdown).await?)
 }

@@ -1,6 +1,5 @@
 //! The `ficus-analysis` binary as an operator runs it.
 
-use ficus_kit::server::ServerConfig;
 use ficus_proto::service_names::ANALYSIS;
 use tokio_util::sync::CancellationToken;
 

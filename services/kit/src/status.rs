@@ -12,6 +12,29 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The `ErrorInfo` domain of every ficus error.
 pub const ERROR_DOMAIN: &str = "ficus.dev";
 
+/// A request field that failed validation; becomes INVALID_ARGUMENT naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// Path of the field, e.g. `route.backends[1].endpoints[0]`.
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl InvalidField {
+    /// `field` refused for `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<InvalidField> for Status {
+    fn from(invalid: InvalidField) -> Self {
+        invalid_argument(&invalid.field, invalid.reason)
+    }
+}
+
 /// INVALID_ARGUMENT naming the offending field, e.g. `spec.strategy.canary.steps[2].set_weight`.
 pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
     let description = description.into();

@@ -1,5 +1,8 @@
 //! Configuration precedence: defaults < file < environment, and clear errors.
 
+// figment::Jail fixes the error type of its closures.
+#![allow(clippy::result_large_err)]
+
 use figment::Jail;
 use ficus_kit::{
     config::{self, ConfigError, ServiceConfig},

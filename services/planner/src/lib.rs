@@ -4,6 +4,10 @@
 //! Plans and the state machine arrive with the planner issue; this
 //! crate already serves the v1 contract with health, reflection, metrics and its store.
 
+pub mod plan;
+pub mod replicas;
+pub mod spec;
+
 use ficus_kit::{
     client::{self, AddressError, Peer},
     config::{self, ConfigError, ServiceConfig},

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use ficus_kit::server::ServerConfig;
 use ficus_proto::service_names::PLANNER;
 use ficus_testkit::{ServiceProcess, free_port, grpc, http, wait_until};
 use tokio_util::sync::CancellationToken;
@@ -20,11 +19,7 @@ async fn serves_health_and_reflection_and_exits_cleanly_on_sigterm() {
     .await
     .expect("traffic starts");
     let analysis = ficus_analysis::start(
-        ficus_analysis::Config {
-            server: ServerConfig::ephemeral(),
-            store: store("analysis"),
-            traffic: traffic.grpc_addr.to_string(),
-        },
+        ficus_analysis::Config::ephemeral(store("analysis"), traffic.grpc_addr.to_string()),
         shutdown.clone(),
     )
     .await

@@ -110,6 +110,8 @@ where
     ///
     /// Fails with [`Error::Conflict`] when someone else wrote first, keeping the changes
     /// pending; [`update`](Self::update) handles that by re-reading and re-applying.
+    /// A failure with UNAVAILABLE may hide a save that went through (the answer was lost
+    /// in an outage): re-read the session before deciding to apply a change again.
     pub async fn save(&self, session: &mut Session) -> Result<(), Error> {
         if !session.is_modified() {
             return Ok(());

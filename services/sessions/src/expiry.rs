@@ -10,6 +10,10 @@
 //!
 //! Either way the expiry never passes the maximum lifetime; a session whose maximum has
 //! come is over, whatever it is touched with.
+//!
+//! Deadlines are whole milliseconds, rounded down. The store keeps expiry in milliseconds
+//! and computes it a moment after this service does, so a deadline rounded down is never
+//! later than the one the store keeps: a client told "valid until T" can rely on it.
 
 use std::time::{Duration, SystemTime};
 
@@ -38,8 +42,13 @@ pub fn remaining(now: SystemTime, expires_at: SystemTime) -> Option<Duration> {
 }
 
 fn cap(now: SystemTime, expires_at: SystemTime, max: Option<SystemTime>) -> Option<SystemTime> {
-    let expires_at = max.map_or(expires_at, |max| expires_at.min(max));
+    let expires_at = floor_millis(max.map_or(expires_at, |max| expires_at.min(max)));
     (expires_at > now).then_some(expires_at)
+}
+
+fn floor_millis(time: SystemTime) -> SystemTime {
+    let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    time - Duration::from_nanos(u64::from(since_epoch.subsec_nanos() % 1_000_000))
 }
 
 #[cfg(test)]
@@ -77,6 +86,12 @@ mod tests {
     fn a_session_past_its_maximum_is_over() {
         assert_eq!(after_activity(at(70), 30 * MINUTE, Some(at(80)), Some(at(70))), None);
         assert_eq!(after_explicit_ttl(at(71), 30 * MINUTE, Some(at(70))), None);
+    }
+
+    #[test]
+    fn deadlines_are_whole_milliseconds_rounded_down() {
+        let now = at(0) + Duration::from_micros(700);
+        assert_eq!(after_explicit_ttl(now, Duration::from_millis(600), None), Some(at(0) + Duration::from_millis(600)));
     }
 
     #[test]

@@ -8,12 +8,14 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use ficus_kit::store::{Expect, Store, StoreError};
 use prost::Message;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{
     error::SessionError,
@@ -25,8 +27,15 @@ use crate::{
 };
 
 /// How often an unconditional update re-reads and retries after losing a race with
-/// another writer; each lost race means some other write went through.
-const UNCONDITIONAL_ATTEMPTS: usize = 16;
+/// another replica's writer; each lost race means some other write went through.
+const UNCONDITIONAL_ATTEMPTS: u32 = 16;
+
+/// Longest pause between two attempts of an unconditional update; the pause is random
+/// up to a window that grows with each loss, so racing replicas stop colliding.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Locks that serialise unconditional updates of one session within this replica.
+const UPDATE_LANES: usize = 256;
 
 /// How many fresh ids a create tries. With 192 random bits a collision is not expected in
 /// the life of the universe; the retry exists because `Expect::Absent` makes it cheap to
@@ -100,12 +109,13 @@ pub struct Sessions {
     store: Store,
     limits: Arc<Limits>,
     metrics: Metrics,
+    lanes: Arc<Lanes>,
 }
 
 impl Sessions {
     /// Sessions kept in `store`, bounded by `limits`, counted in `metrics`.
     pub fn new(store: Store, limits: Limits, metrics: Metrics) -> Self {
-        Self { store, limits: Arc::new(limits), metrics }
+        Self { store, limits: Arc::new(limits), metrics, lanes: Arc::new(Lanes::new()) }
     }
 
     /// Creates a session under a fresh id.
@@ -193,8 +203,16 @@ impl Sessions {
             self.limits.check_ttl("ttl", ttl)?;
         }
         let conditional = changes.expected_version != 0;
+        // An unconditional update must not fail because the same user's parallel requests
+        // raced: they queue here, and only writers on other replicas can still get in
+        // between. A conditional one needs no queue; whoever loses is told so.
+        let _lane = if conditional { None } else { Some(self.lanes.enter(&id).await) };
         let mut current = None;
-        for _ in 0..UNCONDITIONAL_ATTEMPTS {
+        for attempt in 0..UNCONDITIONAL_ATTEMPTS {
+            if attempt > 0 {
+                let window = MAX_RETRY_PAUSE.min(Duration::from_millis(1) * attempt);
+                tokio::time::sleep(window.mul_f64(rand::random::<f64>())).await;
+            }
             let now = SystemTime::now();
             let Loaded { version, mut record, expires_at } = self.load(&id, now).await?;
             if conditional && version != changes.expected_version {
@@ -280,6 +298,26 @@ impl Sessions {
     fn conflict(&self, current: u64) -> SessionError {
         self.metrics.conflicts.inc();
         SessionError::Conflict { current }
+    }
+}
+
+/// Striped locks: a session's unconditional updates take the lock its id hashes to.
+/// A fixed set of locks keeps memory bounded whatever the number of sessions; two
+/// sessions that share a lock only wait for each other's short update.
+#[derive(Debug)]
+struct Lanes {
+    hasher: RandomState,
+    locks: Box<[Mutex<()>]>,
+}
+
+impl Lanes {
+    fn new() -> Self {
+        Self { hasher: RandomState::new(), locks: (0..UPDATE_LANES).map(|_| Mutex::new(())).collect() }
+    }
+
+    async fn enter(&self, id: &SessionId) -> MutexGuard<'_, ()> {
+        let lane = usize::try_from(self.hasher.hash_one(id.as_str()) % UPDATE_LANES as u64).unwrap_or_default();
+        self.locks[lane].lock().await
     }
 }
 

@@ -145,7 +145,9 @@ async fn an_explicit_ttl_sets_the_expiry_and_an_update_keeps_it(backend: Backend
     let touched = grpc.touch_session(request).await.expect("TouchSession").into_inner();
     assert_eq!(touched.version, session.version);
     let expiry = expires_at(&touched);
-    assert!(expiry >= asked + Duration::from_secs(5) && expiry < asked + Duration::from_secs(7), "{expiry:?}");
+    // Deadlines are whole milliseconds, rounded down.
+    let earliest = asked + Duration::from_secs(5) - Duration::from_millis(1);
+    assert!(expiry >= earliest && expiry < asked + Duration::from_secs(7), "{expiry:?}");
 
     // UpdateSession with a TTL keeps it as the session's TTL: later touches slide by it.
     let request = ficus_proto::sessions::v1::UpdateSessionRequest {

@@ -9,13 +9,17 @@
 mod backend;
 pub mod grpc;
 pub mod http;
+mod nginx;
 mod port;
 mod process;
+mod prometheus;
 mod redis;
 mod wait;
 
 pub use self::backend::{BACKEND_HEADER, Backend};
+pub use self::nginx::NginxServer;
 pub use self::port::free_port;
 pub use self::process::{ServiceProcess, check_binary_lifecycle};
+pub use self::prometheus::PrometheusServer;
 pub use self::redis::RedisServer;
 pub use self::wait::{eventually, wait_until};

@@ -209,7 +209,7 @@ fn wait_ready(child: &mut Child, port: u16, password: Option<&str>) -> Result<()
             }
             return Err(format!("redis-server exited with {status}: {stderr}"));
         }
-        if answers_ping(port, password) {
+        if answers_ping(port, password, child.id()) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -219,32 +219,42 @@ fn wait_ready(child: &mut Child, port: u16, password: Option<&str>) -> Result<()
     }
 }
 
-fn answers_ping(port: u16, password: Option<&str>) -> bool {
+/// Whether our process answers PING on `port`. It checks the process id too: if the port
+/// was taken after [`free_port`] picked it, the answer may come from another test's server
+/// while ours is still failing to bind.
+fn answers_ping(port: u16, password: Option<&str>, pid: u32) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut request = String::new();
-    let mut replies = 1;
     if let Some(password) = password {
         request.push_str(&resp_command(&["AUTH", password]));
-        replies += 1;
     }
     request.push_str(&resp_command(&["PING"]));
+    request.push_str(&resp_command(&["INFO", "server"]));
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
-    // While it replays the append-only file, redis answers -LOADING instead of +PONG.
+    // While it replays the append-only file, redis answers -LOADING instead of +PONG; INFO
+    // answers either way and ends the reply we wait for.
     let mut reply = Vec::new();
-    let mut buf = [0_u8; 256];
-    while count_lines(&reply) < replies {
+    let mut buf = [0_u8; 1024];
+    let reported_pid = loop {
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((_, rest)) = text.split_once("\r\nprocess_id:")
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            break pid.parse::<u32>().ok();
+        }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return false,
             Ok(n) => reply.extend_from_slice(&buf[..n]),
         }
-    }
-    String::from_utf8_lossy(&reply).lines().last() == Some("+PONG")
+    };
+    let text = String::from_utf8_lossy(&reply);
+    text.split("\r\n").any(|line| line == "+PONG") && reported_pid == Some(pid)
 }
 
 /// Encodes a command in RESP, the protocol redis speaks.
@@ -254,8 +264,4 @@ fn resp_command(parts: &[&str]) -> String {
         out.push_str(&format!("${}\r\n{part}\r\n", part.len()));
     }
     out
-}
-
-fn count_lines(reply: &[u8]) -> usize {
-    reply.windows(2).filter(|pair| pair == b"\r\n").count()
 }

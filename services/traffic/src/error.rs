@@ -41,7 +41,7 @@ pub enum Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::Invalid(invalid) => status::invalid_argument(&invalid.field, invalid.reason),
+            Error::Invalid(invalid) => invalid.into(),
             Error::NotFound(_) => Status::not_found(error.to_string()),
             Error::Conflict { current, .. } => status::version_conflict(error.to_string(), current),
             Error::Store(StoreError::Unavailable(reason)) => status::unavailable("store", reason),

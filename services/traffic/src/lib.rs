@@ -9,6 +9,7 @@
 //! - [`stats`]: request counts and latency histograms over a sliding window;
 //! - [`grpc`]: the `TrafficControl` API on top.
 
+pub mod adapters;
 pub mod balance;
 mod error;
 pub mod grpc;

@@ -7,6 +7,7 @@
 
 use std::{collections::HashMap, fmt};
 
+pub use ficus_kit::status::InvalidField;
 use ficus_proto::traffic::v1 as proto;
 use http::HeaderName;
 use regex::Regex;
@@ -16,23 +17,6 @@ pub const TOTAL_WEIGHT: u32 = 10_000;
 
 /// Longest route or backend name: it must fit a DNS label, as Kubernetes object names do.
 const MAX_NAME_LEN: usize = 63;
-
-/// A field that failed validation.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidField {
-    /// Path of the field, e.g. `route.backends[1].endpoints[0]`.
-    pub field: String,
-    /// Why it was refused.
-    pub reason: String,
-}
-
-impl InvalidField {
-    /// `field` refused for `reason`.
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
-    }
-}
 
 /// A validated route.
 #[derive(Clone, Debug)]

@@ -13,7 +13,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -181,7 +180,11 @@ impl Server {
         let serve = tonic::transport::Server::builder()
             .layer(ObserveLayer::new(metrics))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                // Replies are small and latency matters more than packet count: no Nagle.
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                shutdown.clone().cancelled_owned(),
+            );
         let grace = self.config.grace_period;
         let service = self.service;
         tracing::info!(service, %grpc_addr, %admin_addr, "serving");

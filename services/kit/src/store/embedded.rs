@@ -40,7 +40,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 ///
 /// Clones share one open database. The file is locked while open, so only one process
 /// (and one store value with its clones) can use it at a time. Every commit is durable:
-/// a write that returned is on disk.
+/// a write that returned is on disk. Dropping the last clone closes the file, which
+/// flushes it, so that drop blocks briefly. Expired entries are swept about once a
+/// second, and watchers then get [`Change::Deleted`] for them.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,

@@ -125,6 +125,14 @@ impl Harness {
         self.running = Some((running, shutdown));
     }
 
+    /// Another replica of the service on the same store (Redis only: an embedded store
+    /// is one process's), stopped when the returned value is dropped.
+    pub async fn replica(&self) -> Replica {
+        assert_eq!(self.backend, Backend::Redis, "only Redis is shared between replicas");
+        let (running, shutdown) = launch(&self.config).await;
+        Replica { grpc_addr: running.grpc_addr, _shutdown: shutdown.drop_guard() }
+    }
+
     /// The value of the counter `name` on `/metrics`.
     pub async fn counter(&self, name: &str) -> u64 {
         let (status, body) = ficus_testkit::http::get(self.admin_addr, "/metrics").await.expect("/metrics answers");
@@ -132,6 +140,19 @@ impl Harness {
         body.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+    }
+}
+
+/// A second replica of the service.
+pub struct Replica {
+    grpc_addr: SocketAddr,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+impl Replica {
+    /// A raw gRPC client of this replica.
+    pub fn grpc(&self) -> SessionStoreClient<Channel> {
+        SessionStoreClient::new(ficus_testkit::grpc::channel(self.grpc_addr))
     }
 }
 

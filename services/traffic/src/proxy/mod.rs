@@ -104,6 +104,10 @@ impl Proxy {
                 },
                 () = shutdown.cancelled() => break,
             };
+            // Responses are forwarded as they come; Nagle would hold small ones back.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot disable Nagle on a client connection");
+            }
             let proxy = self.clone();
             let service = hyper::service::service_fn(move |request| proxy.clone().handle(client, request));
             let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();

@@ -71,6 +71,9 @@ use self::{
 /// Retention when none is configured: long enough for a rollout stage's analysis window.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
 
+/// Longest latency the histogram tells apart; longer ones share its last bucket.
+pub const MAX_TRACKED_LATENCY: Duration = Duration::from_micros(HIGHEST_MICROS);
+
 /// How a proxied request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -98,7 +101,8 @@ impl From<http::StatusCode> for Outcome {
     }
 }
 
-/// Request statistics of every route and backend; cheap to clone (shared inside).
+/// Request statistics of every route and backend. Clones share the same statistics, so the
+/// proxy, the gRPC service and `/metrics` each hold one; it is `Send` and `Sync`.
 #[derive(Clone, Debug)]
 pub struct Stats {
     inner: Arc<Inner>,
@@ -116,11 +120,19 @@ struct Inner {
 }
 
 impl Inner {
-    /// Totals of every series, copied so no lock is held while encoding.
+    /// Totals of every series, copied so no lock is held while encoding. Scrapes double as
+    /// housekeeping: they drop expired seconds of series that no longer get requests.
     fn totals(&self) -> Vec<(String, String, Totals)> {
+        let now = Instant::now();
         let routes = self.routes.read();
-        let series = routes.iter().flat_map(|(route, backends)| backends.iter().map(move |b| (route, b)));
-        series.map(|(route, (backend, series))| (route.clone(), backend.clone(), series.totals())).collect()
+        let mut rows = Vec::new();
+        for (route, backends) in routes.iter() {
+            for (backend, series) in backends {
+                series.expire_at(now);
+                rows.push((route.clone(), backend.clone(), series.totals()));
+            }
+        }
+        rows
     }
 }
 
@@ -300,9 +312,6 @@ fn timestamp(time: SystemTime) -> pbjson_types::Timestamp {
         nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or_default(),
     }
 }
-
-/// Longest latency the histogram tells apart; longer ones share its last bucket.
-pub const MAX_TRACKED_LATENCY: Duration = Duration::from_micros(HIGHEST_MICROS);
 
 #[cfg(test)]
 mod tests;

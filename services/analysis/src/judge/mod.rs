@@ -1,0 +1,117 @@
+//! The judge: templates, checks, scores and verdicts, with sequential testing so that
+//! judging a run again and again does not inflate false failures.
+//!
+//! - [`template`]: validating an `AnalysisTemplate` into a [`Template`], and the default one;
+//! - [`check`](self::check): one check at one look (the rules and their tests);
+//! - [`verdict`]: the weighted score and the verdict.
+//!
+//! A [`Judge`] carries a run's statistical state from look to look. How it treats repeated
+//! looks depends on what it is told:
+//!
+//! - `planned_looks: Some(1)` (`Analyze`): every test at its alpha, once;
+//! - cumulative windows (a run reading everything since it started, the default): the
+//!   mixture SPRT, whose always-valid p-value keeps a healthy canary's chance of ever
+//!   failing the run at or below alpha however many looks there are;
+//! - sliding windows ([`Judge::with_sliding_window`], or detected when a side's sample
+//!   count shrinks between looks): alpha spent look by look, using the planned number of
+//!   looks when the run's duration is known.
+//!
+//! The template's alpha is split evenly over the checks that run a test, so the guarantee
+//! holds for the verdict, not just for each check. Rules on plain values compare numbers
+//! and are outside it: the source gives them no distribution.
+
+mod check;
+pub mod template;
+pub mod verdict;
+
+use std::time::SystemTime;
+
+use ficus_proto::analysis::v1 as proto;
+
+use self::check::{CheckState, Look, Mode};
+pub use self::template::{CheckSpec, MetricSpec, Rule, Template, default_template};
+use crate::observation::Observed;
+
+/// Judges one target's checks look after look, keeping the sequential tests' state.
+#[derive(Clone, Debug)]
+pub struct Judge {
+    template: Template,
+    planned_looks: Option<u32>,
+    /// Looks so far; the next verdict's sequence is one more.
+    looks: u64,
+    /// Whether windows slide (told, or detected from shrinking counts).
+    sliding: bool,
+    states: Vec<CheckState>,
+    /// Samples (baseline, canary) each check saw at the last look, to detect a window that
+    /// slides: cumulative counts never shrink.
+    last_samples: Vec<Option<(u64, u64)>>,
+}
+
+impl Judge {
+    /// A judge for `template`. `planned_looks` is how many judgements the run will make
+    /// when its duration is known: `Some(1)` is a one-shot judgement (`Analyze`), each test
+    /// at its alpha; otherwise the judge tests sequentially.
+    pub fn new(template: Template, planned_looks: Option<u32>) -> Self {
+        let checks = template.checks.len();
+        Self {
+            template,
+            planned_looks: planned_looks.filter(|looks| *looks > 0),
+            looks: 0,
+            sliding: false,
+            states: vec![CheckState::default(); checks],
+            last_samples: vec![None; checks],
+        }
+    }
+
+    /// Tells the judge that each look reads a sliding window rather than everything since
+    /// the run started, so it spends alpha look by look instead of accumulating evidence.
+    pub fn with_sliding_window(mut self) -> Self {
+        self.sliding = true;
+        self
+    }
+
+    /// The template being applied.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+
+    /// Judges one look: `observed` holds one result per check, in the template's order, with
+    /// `Err` for a check whose source failed (that check is INCONCLUSIVE with the error as
+    /// its reason; a missing entry counts as a failed source). The verdict's `sequence`
+    /// counts calls from 1.
+    pub fn judge(&mut self, observed: &[Result<Observed, String>], now: SystemTime) -> proto::Verdict {
+        self.looks += 1;
+        self.detect_sliding(observed);
+        let mode = match (self.planned_looks, self.sliding) {
+            (Some(1), _) => Mode::OneShot,
+            (planned, true) => Mode::Sliding { planned },
+            (_, false) => Mode::Cumulative,
+        };
+        let look = Look { number: self.looks, alpha: self.template.check_alpha(), mode };
+        let results = self
+            .template
+            .checks
+            .iter()
+            .zip(self.states.iter_mut())
+            .enumerate()
+            .map(|(index, (spec, state))| check::evaluate(spec, observed.get(index), &look, state))
+            .collect();
+        verdict::verdict(&self.template, results, self.looks, now)
+    }
+
+    fn detect_sliding(&mut self, observed: &[Result<Observed, String>]) {
+        for (index, last) in self.last_samples.iter_mut().enumerate() {
+            let Some(Ok(observed)) = observed.get(index) else { continue };
+            let now = (observed.baseline.samples(), observed.canary.samples());
+            if let Some(before) = *last
+                && (now.0 < before.0 || now.1 < before.1)
+            {
+                self.sliding = true;
+            }
+            *last = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! Runs: judging one stage every interval over a window, for as long as the stage lasts.
+//!
+//! A run's definition and latest verdict are written to the store on every judgement, so
+//! `GetRun` answers after a restart and a run still going when the service stopped
+//! resumes where it was. Its statistical state starts afresh on resume, which only makes
+//! the next judgements more conservative.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use ficus_kit::store::{Expect, Store};
+use ficus_proto::{analysis::v1 as proto, time};
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use prost::Message;
+use rand::RngCore;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::Error,
+    judge::{self, Judge, Template},
+    request::{self, RunSpec},
+    source::Sources,
+};
+
+/// Key prefix of runs in the store.
+const PREFIX: &str = "runs/";
+
+/// How long a finished run stays readable.
+const FINISHED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Verdicts a watcher may fall behind before it skips to the latest.
+const VERDICT_BUFFER: usize = 64;
+
+/// A run in progress.
+#[derive(Debug)]
+struct Active {
+    run: Mutex<proto::Run>,
+    verdicts: broadcast::Sender<proto::Verdict>,
+    stop: CancellationToken,
+}
+
+/// Every run of this service.
+#[derive(Clone, Debug)]
+pub struct Runs {
+    store: Store,
+    sources: Sources,
+    active: Arc<Mutex<HashMap<String, Arc<Active>>>>,
+    shutdown: CancellationToken,
+}
+
+impl Runs {
+    /// Resumes the runs that were going when the service last stopped.
+    pub async fn open(store: Store, sources: Sources, shutdown: CancellationToken) -> Result<Self, Error> {
+        let runs = Self { store, sources, active: Arc::default(), shutdown };
+        for entry in runs.store.scan(PREFIX).await.map_err(Error::Store)? {
+            let Ok(run) = proto::Run::decode(entry.value.as_slice()) else {
+                tracing::warn!(key = %entry.key, "skipping an unreadable stored run");
+                continue;
+            };
+            if run.state() == proto::RunState::Running {
+                match RunSpec::from_run(&run) {
+                    Ok(spec) => runs.launch(run, spec),
+                    Err(error) => tracing::warn!(run = %run.id, %error, "cannot resume a stored run"),
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// One judgement now.
+    pub async fn analyze(&self, request: proto::AnalyzeRequest) -> Result<proto::Verdict, Error> {
+        let target = request::target(request.target.as_ref(), "target")?;
+        let (template_proto, template) = request::template(request.template.as_ref(), "template")?;
+        let window = request::positive(request.window.as_ref(), "window")?.unwrap_or(request::DEFAULT_ANALYZE_WINDOW);
+        let observed = self.sources.observe(&target, &template_proto.checks, window).await;
+        Ok(Judge::new(template, Some(1)).judge(&observed, SystemTime::now()))
+    }
+
+    /// Starts a run, or returns the one already started with the same id.
+    pub async fn start(&self, request: proto::StartRunRequest) -> Result<proto::Run, Error> {
+        let spec = RunSpec::from_request(&request)?;
+        let id = if request.run_id.is_empty() { new_id() } else { request::run_id(&request.run_id)? };
+        if let Some(existing) = self.read(&id).await? {
+            if existing.target.as_ref() != Some(&spec.target) {
+                return Err(Error::AlreadyExists(id));
+            }
+            return Ok(existing);
+        }
+        let started = SystemTime::now();
+        let run = proto::Run {
+            id: id.clone(),
+            target: Some(spec.target.clone()),
+            template: Some(spec.template_proto.clone()),
+            interval: Some(spec.interval.into()),
+            window: spec.window.map(Into::into),
+            state: proto::RunState::Running.into(),
+            last_verdict: None,
+            started_at: Some(time::timestamp(started)),
+            ends_at: spec.duration.map(|duration| time::timestamp(started + duration)),
+        };
+        match self.store.put(&key(&id), run.encode_to_vec(), Expect::Absent, None).await {
+            Ok(_) => {}
+            Err(ficus_kit::store::StoreError::Conflict { .. }) => {
+                return self.read(&id).await?.ok_or(Error::NotFound(id));
+            }
+            Err(error) => return Err(Error::Store(error)),
+        }
+        self.launch(run.clone(), spec);
+        Ok(run)
+    }
+
+    /// A run and its latest verdict.
+    pub async fn get(&self, id: &str) -> Result<proto::Run, Error> {
+        if let Some(active) = self.active.lock().get(id) {
+            return Ok(active.run.lock().clone());
+        }
+        self.read(id).await?.ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    /// Ends a run early; stopping a finished run returns it unchanged.
+    pub async fn stop(&self, id: &str) -> Result<proto::Run, Error> {
+        let active = self.active.lock().get(id).cloned();
+        match active {
+            Some(active) => {
+                active.stop.cancel();
+                let mut changes = active.verdicts.subscribe();
+                // The run task finishes by closing the channel.
+                while !matches!(changes.recv().await, Err(broadcast::error::RecvError::Closed)) {}
+                self.get(id).await
+            }
+            None => self.get(id).await,
+        }
+    }
+
+    /// The latest verdict, then each new one until the run finishes.
+    pub async fn watch(&self, id: &str) -> Result<impl Stream<Item = proto::Verdict> + Send + use<>, Error> {
+        let active = self.active.lock().get(id).cloned();
+        let (latest, changes) = match &active {
+            Some(active) => {
+                let changes = BroadcastStream::new(active.verdicts.subscribe());
+                (active.run.lock().last_verdict.clone(), Some(changes))
+            }
+            None => (self.get(id).await?.last_verdict, None),
+        };
+        let follow = active.clone();
+        let changes = futures::stream::iter(changes).flatten().filter_map(move |change| {
+            let latest = follow.as_ref().and_then(|active| active.run.lock().last_verdict.clone());
+            async move {
+                match change {
+                    Ok(verdict) => Some(verdict),
+                    Err(BroadcastStreamRecvError::Lagged(_)) => latest,
+                }
+            }
+        });
+        Ok(futures::stream::iter(latest).chain(changes))
+    }
+
+    fn launch(&self, run: proto::Run, spec: RunSpec) {
+        let (verdicts, _) = broadcast::channel(VERDICT_BUFFER);
+        let active = Arc::new(Active { run: Mutex::new(run.clone()), verdicts, stop: CancellationToken::new() });
+        self.active.lock().insert(run.id.clone(), active.clone());
+        let runs = self.clone();
+        tokio::spawn(async move { runs.drive(active, spec).await });
+    }
+
+    async fn drive(self, active: Arc<Active>, spec: RunSpec) {
+        let (id, started) = {
+            let run = active.run.lock();
+            (run.id.clone(), run.started_at.as_ref().and_then(time::system_time).unwrap_or_else(SystemTime::now))
+        };
+        let planned_looks = spec.duration.map(|duration| looks(duration, spec.interval));
+        let mut judge = Judge::new(spec.template.clone(), planned_looks);
+        if spec.window.is_some() {
+            judge = judge.with_sliding_window();
+        }
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + spec.interval, spec.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = active.stop.cancelled() => break,
+                // Left RUNNING in the store: the next start resumes it.
+                () = self.shutdown.cancelled() => return,
+            }
+            let now = SystemTime::now();
+            let window = spec.window.unwrap_or_else(|| now.duration_since(started).unwrap_or_default().max(Duration::from_secs(1)));
+            let observed = self.sources.observe(&spec.target, &spec.template_proto.checks, window).await;
+            let verdict = judge.judge(&observed, now);
+            let snapshot = {
+                let mut run = active.run.lock();
+                run.last_verdict = Some(verdict.clone());
+                run.clone()
+            };
+            if let Err(error) = self.store.put(&key(&id), snapshot.encode_to_vec(), Expect::Any, None).await {
+                tracing::warn!(run = %id, %error, "cannot record a verdict; it is still streamed");
+            }
+            let _ = active.verdicts.send(verdict);
+            if spec.duration.is_some_and(|duration| now.duration_since(started).unwrap_or_default() >= duration) {
+                break;
+            }
+        }
+        let finished = {
+            let mut run = active.run.lock();
+            run.state = proto::RunState::Finished.into();
+            run.clone()
+        };
+        if let Err(error) = self.store.put(&key(&id), finished.encode_to_vec(), Expect::Any, Some(FINISHED_RETENTION)).await {
+            tracing::warn!(run = %id, %error, "cannot record that a run finished");
+        }
+        self.active.lock().remove(&id);
+        // Dropping the last sender ends every watcher's stream.
+        drop(active);
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<proto::Run>, Error> {
+        let Some(entry) = self.store.get(&key(id)).await.map_err(Error::Store)? else { return Ok(None) };
+        proto::Run::decode(entry.value.as_slice()).map(Some).map_err(|error| Error::Corrupt(format!("run `{id}`: {error}")))
+    }
+}
+
+/// How many judgements a run of `duration` makes.
+fn looks(duration: Duration, interval: Duration) -> u32 {
+    let looks = duration.as_secs_f64() / interval.as_secs_f64();
+    (looks.ceil() as u32).max(1)
+}
+
+fn key(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+fn new_id() -> String {
+    let mut bytes = [0_u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Validated pieces of a template, kept together so the judge and the sources agree.
+pub(crate) fn validated_template(template: &proto::AnalysisTemplate, field: &str) -> Result<Template, Error> {
+    Ok(Template::from_proto(template, field)?)
+}
+
+/// The default template, when a request names none.
+pub(crate) fn default_template() -> proto::AnalysisTemplate {
+    judge::default_template()
+}

@@ -1,0 +1,117 @@
+//! Traffic's own request statistics as a metric source.
+
+use std::time::Duration;
+
+use ficus_kit::client::TracedChannel;
+use ficus_proto::{
+    analysis::v1::{self as proto, builtin_metric::Kind},
+    traffic::v1::{BackendStats, GetTrafficStatsRequest, traffic_control_client::TrafficControlClient},
+};
+
+use crate::observation::{Observation, Observed};
+
+/// Quantile of LATENCY checks that name none.
+const DEFAULT_QUANTILE: f64 = 0.99;
+
+/// Reads `GetTrafficStats` from the traffic service.
+#[derive(Clone, Debug)]
+pub struct TrafficSource {
+    client: TrafficControlClient<TracedChannel>,
+}
+
+/// One read of both sides' statistics.
+#[derive(Clone, Debug)]
+pub struct TrafficStats {
+    baseline: BackendStats,
+    canary: BackendStats,
+    window: Duration,
+}
+
+impl TrafficSource {
+    /// Reads from the traffic service behind `channel`.
+    pub fn new(channel: TracedChannel) -> Self {
+        Self { client: TrafficControlClient::new(channel) }
+    }
+
+    /// Both sides' statistics over `window`; the error says why they could not be read.
+    pub async fn read(&self, target: &proto::Target, window: Duration) -> Result<TrafficStats, String> {
+        let request = GetTrafficStatsRequest {
+            route: target.route.clone(),
+            backends: vec![target.baseline.clone(), target.canary.clone()],
+            window: Some(window.into()),
+        };
+        let stats = self
+            .client
+            .clone()
+            .get_traffic_stats(request)
+            .await
+            .map_err(|status| format!("traffic statistics unavailable: {}", status.message()))?
+            .into_inner();
+        let side = |name: &str| {
+            stats
+                .backends
+                .iter()
+                .find(|backend| backend.backend == name)
+                .cloned()
+                .ok_or_else(|| format!("traffic reported no statistics for backend `{name}`"))
+        };
+        Ok(TrafficStats { baseline: side(&target.baseline)?, canary: side(&target.canary)?, window })
+    }
+}
+
+impl TrafficStats {
+    /// The observation `metric` asks for.
+    pub fn observe(&self, metric: &proto::BuiltinMetric) -> Result<Observed, String> {
+        let kind = Kind::try_from(metric.kind).map_err(|_| format!("unknown builtin metric kind {}", metric.kind))?;
+        let quantile = metric.quantile.unwrap_or(DEFAULT_QUANTILE);
+        let one = |stats: &BackendStats| -> Result<Observation, String> {
+            match kind {
+                Kind::ErrorRate => Ok(Observation::Proportion { failures: stats.errors, trials: stats.requests }),
+                Kind::Latency => {
+                    let buckets: Vec<(f64, u64)> = stats
+                        .histogram
+                        .as_ref()
+                        .map(|histogram| histogram.buckets.iter().map(|b| (b.upper_bound_seconds, b.count)).collect())
+                        .unwrap_or_default();
+                    let value = quantile_of(&buckets, quantile).unwrap_or(f64::NAN);
+                    Ok(Observation::Latency { buckets, quantile, value })
+                }
+                Kind::RequestRate => Ok(Observation::Value {
+                    value: stats.requests as f64 / self.window.as_secs_f64().max(1.0),
+                    samples: stats.requests,
+                }),
+                Kind::Unspecified => Err("builtin metric kind is unspecified".to_owned()),
+            }
+        };
+        Ok(Observed { baseline: one(&self.baseline)?, canary: one(&self.canary)? })
+    }
+}
+
+/// The upper bound of the bucket holding quantile `q` of non-cumulative `buckets`.
+fn quantile_of(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().map(|(_, count)| count).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    buckets.iter().find_map(|(bound, count)| {
+        seen += count;
+        (seen >= rank).then_some(*bound)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_bucket_that_holds_the_rank() {
+        let buckets = [(0.001, 50), (0.01, 45), (0.1, 4), (1.0, 1)];
+        assert_eq!(quantile_of(&buckets, 0.5), Some(0.001));
+        assert_eq!(quantile_of(&buckets, 0.95), Some(0.01));
+        assert_eq!(quantile_of(&buckets, 0.99), Some(0.1));
+        assert_eq!(quantile_of(&buckets, 1.0), Some(1.0));
+        assert_eq!(quantile_of(&[], 0.5), None);
+    }
+}

@@ -1,0 +1,58 @@
+//! Where metric values come from: traffic's own request statistics (the default, no
+//! Prometheus needed), the Prometheus HTTP API, or fixed values for tests and drills.
+//!
+//! A source failure never becomes a PASS: the check it feeds is INCONCLUSIVE with the
+//! error as its reason. New kinds of source (Kubernetes pod health) add a module here and
+//! an arm in [`Sources::observe`].
+
+mod builtin;
+mod prometheus;
+
+use std::time::Duration;
+
+use ficus_proto::analysis::v1::{self as proto, metric::Source};
+
+pub use self::{builtin::TrafficSource, prometheus::PrometheusConfig, prometheus::PrometheusSource};
+use crate::observation::{Observation, Observed};
+
+/// Every source a judgement may read.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// Traffic's request statistics.
+    pub traffic: TrafficSource,
+    /// The Prometheus HTTP API.
+    pub prometheus: PrometheusSource,
+}
+
+impl Sources {
+    /// Reads every check's metric for `target` over `window`, one result per check in
+    /// order; traffic's statistics are fetched once for all builtin checks.
+    pub async fn observe(
+        &self,
+        target: &proto::Target,
+        checks: &[proto::Check],
+        window: Duration,
+    ) -> Vec<Result<Observed, String>> {
+        let needs_traffic = checks.iter().any(|check| matches!(source(check), Some(Source::Builtin(_))));
+        let traffic = if needs_traffic { Some(self.traffic.read(target, window).await) } else { None };
+        let mut observed = Vec::with_capacity(checks.len());
+        for check in checks {
+            observed.push(match (source(check), &traffic) {
+                (Some(Source::Builtin(metric)), Some(stats)) => {
+                    stats.as_ref().map_err(Clone::clone).and_then(|stats| stats.observe(metric))
+                }
+                (Some(Source::Prometheus(metric)), _) => self.prometheus.observe(metric, target, window).await,
+                (Some(Source::Fixed(fixed)), _) => Ok(Observed {
+                    baseline: Observation::Value { value: fixed.baseline, samples: fixed.samples },
+                    canary: Observation::Value { value: fixed.canary, samples: fixed.samples },
+                }),
+                (Some(Source::Builtin(_)), None) | (None, _) => Err("the check has no metric source".to_owned()),
+            });
+        }
+        observed
+    }
+}
+
+fn source(check: &proto::Check) -> Option<&Source> {
+    check.metric.as_ref()?.source.as_ref()
+}

@@ -1,0 +1,248 @@
+//! Synthetic traffic for the simulation tests and the judgement benchmark: second by
+//! second, a baseline and a canary get their share of requests, errors at their rates, and
+//! lognormal latencies bucketed exactly as traffic buckets them (an HDR histogram of 1 µs
+//! to 60 s with two significant digits, reported as bucket upper bounds in seconds).
+//!
+//! Shared by `tests/simulation.rs` and `benches/judgement.rs` (through `#[path]`), so both
+//! judge the same kind of traffic.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use ficus_analysis::observation::{Observation, Observed};
+use hdrhistogram::Histogram;
+use rand::{Rng, RngCore};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+/// Traffic's histogram range and precision (see `services/traffic/src/stats/series.rs`).
+const LOWEST_MICROS: u64 = 1;
+const HIGHEST_MICROS: u64 = 60_000_000;
+const SIGNIFICANT_DIGITS: u8 = 2;
+
+/// Resolution of the inverse-CDF tables: 2^20 cells, so probabilities are drawn to
+/// about one in a million.
+const TABLE_BITS: u32 = 20;
+
+/// Upper bounds in seconds of every bucket traffic's histograms have, ascending.
+pub fn bucket_bounds() -> Vec<f64> {
+    let histogram = Histogram::<u64>::new_with_bounds(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
+        .expect("traffic's histogram bounds are valid");
+    let mut bounds: Vec<f64> = histogram.iter_all().map(|bucket| bucket.value_iterated_to() as f64 / 1e6).collect();
+    bounds.dedup();
+    bounds
+}
+
+/// A lognormal latency distribution turned into a table that draws a bucket index from a
+/// uniform number, so a request costs one table lookup.
+#[derive(Debug)]
+pub struct LatencyTable {
+    /// Bucket index for each of the 2^TABLE_BITS cells.
+    cells: Vec<u16>,
+}
+
+impl LatencyTable {
+    /// Latencies with median `median` seconds and log-standard deviation `sigma`, over
+    /// `bounds` (from [`bucket_bounds`]).
+    pub fn lognormal(bounds: &[f64], median: f64, sigma: f64) -> Self {
+        let normal = Normal::standard();
+        let cdf: Vec<f64> = bounds.iter().map(|bound| normal.cdf((bound.ln() - median.ln()) / sigma)).collect();
+        let size = 1_usize << TABLE_BITS;
+        let mut cells = Vec::with_capacity(size);
+        let mut bucket = 0;
+        for cell in 0..size {
+            let u = (cell as f64 + 0.5) / size as f64;
+            while bucket + 1 < cdf.len() && cdf[bucket] < u {
+                bucket += 1;
+            }
+            cells.push(u16::try_from(bucket).expect("fewer than 65536 buckets"));
+        }
+        Self { cells }
+    }
+
+    fn draw(&self, bits: u64) -> usize {
+        usize::from(self.cells[(bits & ((1 << TABLE_BITS) - 1)) as usize])
+    }
+}
+
+/// What one side of a scenario looks like.
+#[derive(Clone, Debug)]
+pub struct SideModel {
+    /// Requests per second.
+    pub rate: u64,
+    /// Probability that a request fails.
+    pub error_rate: f64,
+    /// Its latency distribution.
+    pub latency: Arc<LatencyTable>,
+}
+
+/// Counts of one side since the start.
+#[derive(Clone, Debug)]
+pub struct SideCounts {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Requests per bucket index.
+    pub buckets: Vec<u64>,
+    /// Lowest and highest bucket index with requests.
+    range: Option<(usize, usize)>,
+}
+
+impl SideCounts {
+    fn new(buckets: usize) -> Self {
+        Self { requests: 0, errors: 0, buckets: vec![0; buckets], range: None }
+    }
+
+    /// Counts added since `earlier`.
+    pub fn since(&self, earlier: &SideCounts) -> SideCounts {
+        let buckets: Vec<u64> = self.buckets.iter().zip(&earlier.buckets).map(|(now, then)| now - then).collect();
+        SideCounts {
+            requests: self.requests - earlier.requests,
+            errors: self.errors - earlier.errors,
+            range: self.range,
+            buckets,
+        }
+    }
+
+    /// Non-empty buckets as (upper bound in seconds, count), ascending.
+    pub fn histogram(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        let Some((low, high)) = self.range else { return Vec::new() };
+        (low..=high).filter(|&i| self.buckets[i] > 0).map(|i| (bounds[i], self.buckets[i])).collect()
+    }
+
+    /// The upper bound of the bucket holding quantile `q`, as traffic reports it.
+    pub fn quantile(&self, bounds: &[f64], q: f64) -> f64 {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return f64::NAN;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, count) in self.buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return bounds[i];
+            }
+        }
+        f64::NAN
+    }
+
+    /// The error-rate observation.
+    pub fn errors(&self) -> Observation {
+        Observation::Proportion { failures: self.errors, trials: self.requests }
+    }
+
+    /// The latency observation at quantile `q`.
+    pub fn latency(&self, bounds: &[f64], q: f64) -> Observation {
+        Observation::Latency { buckets: self.histogram(bounds), quantile: q, value: self.quantile(bounds, q) }
+    }
+}
+
+/// A baseline and a canary served side by side, second after second.
+#[derive(Debug)]
+pub struct Traffic {
+    bounds: Arc<Vec<f64>>,
+    baseline_model: SideModel,
+    canary_model: SideModel,
+    /// Counts since the start.
+    pub baseline: SideCounts,
+    /// Counts since the start.
+    pub canary: SideCounts,
+    /// Seconds simulated.
+    pub seconds: u64,
+}
+
+impl Traffic {
+    /// A fresh run.
+    pub fn new(bounds: Arc<Vec<f64>>, baseline: SideModel, canary: SideModel) -> Self {
+        let buckets = bounds.len();
+        Self {
+            bounds,
+            baseline_model: baseline,
+            canary_model: canary,
+            baseline: SideCounts::new(buckets),
+            canary: SideCounts::new(buckets),
+            seconds: 0,
+        }
+    }
+
+    /// The bucket bounds.
+    pub fn bounds(&self) -> &[f64] {
+        &self.bounds
+    }
+
+    /// Simulates one more second.
+    pub fn second(&mut self, rng: &mut impl RngCore) {
+        serve(&self.baseline_model, &mut self.baseline, rng);
+        serve(&self.canary_model, &mut self.canary, rng);
+        self.seconds += 1;
+    }
+
+    /// Observations for the default template's checks (error rate, p99 latency, error rate
+    /// again) over everything since the start.
+    pub fn default_observations(&self) -> Vec<Result<Observed, String>> {
+        let errors = Observed { baseline: self.baseline.errors(), canary: self.canary.errors() };
+        let latency = Observed {
+            baseline: self.baseline.latency(&self.bounds, 0.99),
+            canary: self.canary.latency(&self.bounds, 0.99),
+        };
+        vec![Ok(errors.clone()), Ok(latency), Ok(errors)]
+    }
+}
+
+fn serve(model: &SideModel, counts: &mut SideCounts, rng: &mut impl RngCore) {
+    counts.requests += model.rate;
+    counts.errors += binomial(rng, model.rate, model.error_rate);
+    let mut left = model.rate;
+    while left > 0 {
+        // Three 20-bit draws from each 64-bit number.
+        let mut bits = rng.next_u64();
+        for _ in 0..left.min(3) {
+            let bucket = model.latency.draw(bits);
+            bits >>= TABLE_BITS;
+            counts.buckets[bucket] += 1;
+            counts.range = Some(match counts.range {
+                None => (bucket, bucket),
+                Some((low, high)) => (low.min(bucket), high.max(bucket)),
+            });
+        }
+        left -= left.min(3);
+    }
+}
+
+/// A binomial draw by inversion: cheap when `n p` is small, as it is per second here.
+pub fn binomial(rng: &mut impl RngCore, n: u64, p: f64) -> u64 {
+    if n == 0 || p <= 0.0 {
+        return 0;
+    }
+    let mut pmf = (1.0 - p).powf(n as f64);
+    if pmf < 1e-300 {
+        return (0..n).filter(|_| rng.random::<f64>() < p).count() as u64;
+    }
+    let u: f64 = rng.random();
+    let odds = p / (1.0 - p);
+    let (mut k, mut cdf) = (0, pmf);
+    while u > cdf && k < n {
+        pmf *= (n - k) as f64 / (k + 1) as f64 * odds;
+        k += 1;
+        cdf += pmf;
+    }
+    k
+}
+
+/// Requests per second of each side for a total `rate` and a canary `weight`.
+pub fn split(rate: u64, weight: f64) -> (u64, u64) {
+    let canary = (rate as f64 * weight).round() as u64;
+    (rate - canary, canary)
+}
+
+/// The `q` quantile of `values` (nearest rank), NaN when empty.
+pub fn quantile_of(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
