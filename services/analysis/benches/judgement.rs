@@ -113,14 +113,14 @@ fn run(
     while traffic.seconds < horizon && (result.judge.is_none() || result.fixed.is_none()) {
         traffic.second(&mut rng);
         let now = traffic.seconds;
-        if result.judge.is_none() && now % JUDGE_INTERVAL == 0 {
+        if result.judge.is_none() && now.is_multiple_of(JUDGE_INTERVAL) {
             let verdict =
                 judge.judge(&traffic.default_observations(), SystemTime::UNIX_EPOCH + Duration::from_secs(now));
             if verdict.outcome() == Outcome::Fail {
                 result.judge = Some(now);
             }
         }
-        if result.fixed.is_none() && now % FIXED_INTERVAL == 0 {
+        if result.fixed.is_none() && now.is_multiple_of(FIXED_INTERVAL) {
             let window = match &last_fixed_check {
                 Some(earlier) => traffic.canary.since(earlier),
                 None => traffic.canary.clone(),

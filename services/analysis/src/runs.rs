@@ -41,7 +41,8 @@ const VERDICT_BUFFER: usize = 64;
 #[derive(Debug)]
 struct Active {
     run: Mutex<proto::Run>,
-    verdicts: broadcast::Sender<proto::Verdict>,
+    /// Taken when the run finishes, which closes every watcher's stream.
+    verdicts: Mutex<Option<broadcast::Sender<proto::Verdict>>>,
     stop: CancellationToken,
 }
 
@@ -128,10 +129,13 @@ impl Runs {
         let active = self.active.lock().get(id).cloned();
         match active {
             Some(active) => {
+                let changes = active.verdicts.lock().as_ref().map(broadcast::Sender::subscribe);
                 active.stop.cancel();
-                let mut changes = active.verdicts.subscribe();
-                // The run task finishes by closing the channel.
-                while !matches!(changes.recv().await, Err(broadcast::error::RecvError::Closed)) {}
+                drop(active);
+                if let Some(mut changes) = changes {
+                    // The run task finishes by closing the channel.
+                    while !matches!(changes.recv().await, Err(broadcast::error::RecvError::Closed)) {}
+                }
                 self.get(id).await
             }
             None => self.get(id).await,
@@ -143,14 +147,14 @@ impl Runs {
         let active = self.active.lock().get(id).cloned();
         let (latest, changes) = match &active {
             Some(active) => {
-                let changes = BroadcastStream::new(active.verdicts.subscribe());
-                (active.run.lock().last_verdict.clone(), Some(changes))
+                let changes = active.verdicts.lock().as_ref().map(|sender| BroadcastStream::new(sender.subscribe()));
+                (active.run.lock().last_verdict.clone(), changes)
             }
             None => (self.get(id).await?.last_verdict, None),
         };
-        let follow = active.clone();
+        let follow = active.as_ref().map(Arc::downgrade);
         let changes = futures::stream::iter(changes).flatten().filter_map(move |change| {
-            let latest = follow.as_ref().and_then(|active| active.run.lock().last_verdict.clone());
+            let latest = follow.as_ref().and_then(|active| active.upgrade()?.run.lock().last_verdict.clone());
             async move {
                 match change {
                     Ok(verdict) => Some(verdict),
@@ -163,7 +167,8 @@ impl Runs {
 
     fn launch(&self, run: proto::Run, spec: RunSpec) {
         let (verdicts, _) = broadcast::channel(VERDICT_BUFFER);
-        let active = Arc::new(Active { run: Mutex::new(run.clone()), verdicts, stop: CancellationToken::new() });
+        let active =
+            Arc::new(Active { run: Mutex::new(run.clone()), verdicts: Mutex::new(Some(verdicts)), stop: CancellationToken::new() });
         self.active.lock().insert(run.id.clone(), active.clone());
         let runs = self.clone();
         tokio::spawn(async move { runs.drive(active, spec).await });
@@ -200,7 +205,9 @@ impl Runs {
             if let Err(error) = self.store.put(&key(&id), snapshot.encode_to_vec(), Expect::Any, None).await {
                 tracing::warn!(run = %id, %error, "cannot record a verdict; it is still streamed");
             }
-            let _ = active.verdicts.send(verdict);
+            if let Some(sender) = active.verdicts.lock().as_ref() {
+                let _ = sender.send(verdict);
+            }
             if spec.duration.is_some_and(|duration| now.duration_since(started).unwrap_or_default() >= duration) {
                 break;
             }
@@ -214,8 +221,8 @@ impl Runs {
             tracing::warn!(run = %id, %error, "cannot record that a run finished");
         }
         self.active.lock().remove(&id);
-        // Dropping the last sender ends every watcher's stream.
-        drop(active);
+        // Dropping the sender ends every watcher's stream.
+        active.verdicts.lock().take();
     }
 
     async fn read(&self, id: &str) -> Result<Option<proto::Run>, Error> {

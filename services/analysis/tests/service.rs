@@ -156,7 +156,7 @@ async fn prometheus_series_are_read_per_backend_and_judged() {
     let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
     let plane = Plane::start(None).await;
     let prometheus = PrometheusServer::start(&[plane.traffic.admin_addr]).await;
-    let mut api = AnalysisClient::new(ficus_testkit::grpc::channel(plane.analysis.grpc_addr));
+    let api = AnalysisClient::new(ficus_testkit::grpc::channel(plane.analysis.grpc_addr));
     plane.route(&stable, &canary).await;
     canary.set_status(503);
     plane.send(300).await;

@@ -60,7 +60,7 @@ fn run(seed: u64, canary_errors: f64, table: &Arc<LatencyTable>, bounds: &Arc<Ve
     let start = SystemTime::UNIX_EPOCH;
     while traffic.seconds < STAGE.as_secs() && (result.sequential_fail.is_none() || result.naive_fail.is_none()) {
         traffic.second(&mut rng);
-        if traffic.seconds % INTERVAL != 0 {
+        if !traffic.seconds.is_multiple_of(INTERVAL) {
             continue;
         }
         let observed = traffic.default_observations();

@@ -15,5 +15,6 @@ pub mod shutdown;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use entry::{ServiceArgs, main, run, telemetry_config};

@@ -1,11 +1,21 @@
 //! Stage planning: turns a rollout spec into stages and drives them: set weights, observe,
 //! judge, then promote, pause or roll back, durably.
 //!
-//! Plans and the state machine arrive with the planner issue; this
-//! crate already serves the v1 contract with health, reflection, metrics and its store.
+//! - [`spec`]: validating a `RolloutSpec`;
+//! - [`plan`]: the steps a spec turns into, and [`replicas`]: rolling-update arithmetic;
+//! - [`machine`]: phases and transitions, pure;
+//! - [`rollouts`]: rollouts in the store, one active per route, and their transitions;
+//! - [`driver`]: the loop that applies weights, runs analysis and acts on verdicts;
+//! - [`lease`]: which replica drives; [`grpc`]: the `Planner` API on top.
 
+pub mod driver;
+mod error;
+pub mod grpc;
+pub mod lease;
+pub mod machine;
 pub mod plan;
 pub mod replicas;
+pub mod rollouts;
 pub mod spec;
 
 use ficus_kit::{
@@ -14,9 +24,16 @@ use ficus_kit::{
     server::{Running, ServeError, Server, ServerConfig},
     store::{Store, StoreError},
 };
-use ficus_proto::planner::v1::planner_server::{Planner, PlannerServer};
+use ficus_proto::{
+    analysis::v1::analysis_client::AnalysisClient, planner::v1::planner_server::PlannerServer,
+    traffic::v1::traffic_control_client::TrafficControlClient,
+};
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use self::{driver::Peers, grpc::PlannerService, rollouts::Rollouts};
 
 /// Configuration of the planner service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,14 +46,37 @@ pub struct Config {
     pub traffic: String,
     /// Address of the analysis service, which judges each stage.
     pub analysis: String,
+    /// How long a replica's leadership lasts without renewal: the longest a rollout goes
+    /// undriven after its replica dies.
+    #[serde(with = "humantime_serde", default = "default_lease_ttl")]
+    pub lease_ttl: Duration,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { server: ServerConfig::on_ports(7001, 9001),
+        Self {
+            server: ServerConfig::on_ports(7001, 9001),
             store: "data/planner".into(),
             traffic: "127.0.0.1:7003".into(),
             analysis: "127.0.0.1:7002".into(),
+            lease_ttl: default_lease_ttl(),
+        }
+    }
+}
+
+impl Config {
+    /// Loopback on kernel-chosen ports, driving the given traffic and analysis services.
+    pub fn ephemeral(store: impl Into<String>, traffic: impl Into<String>, analysis: impl Into<String>) -> Self {
+        Self {
+            server: ServerConfig::ephemeral(),
+            store: store.into(),
+            traffic: traffic.into(),
+            analysis: analysis.into(),
+            ..Self::default()
         }
     }
 }
@@ -46,7 +86,11 @@ impl ServiceConfig for Config {
         self.server.validate()?;
         config::check_store("store", &self.store)?;
         config::check_peer("traffic", &self.traffic)?;
-        config::check_peer("analysis", &self.analysis)
+        config::check_peer("analysis", &self.analysis)?;
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("lease_ttl", "must be at least 1s"));
+        }
+        Ok(())
     }
 }
 
@@ -64,23 +108,33 @@ pub enum Error {
     Serve(#[from] ServeError),
 }
 
-/// The `Planner` service.
-#[derive(Clone, Debug, Default)]
-pub struct PlannerService;
-
-impl Planner for PlannerService {}
-
 /// How long one call to a peer service may take.
-const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens the store and serves until `shutdown` is cancelled.
+/// Opens the store, starts driving rollouts (while this replica holds the lease), and
+/// serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let store = Store::open(&config.store, "planner").await?;
-    let routes = tonic::service::Routes::new(PlannerServer::new(PlannerService));
     let traffic = client::connect(&config.traffic, PEER_TIMEOUT)?;
     let analysis = client::connect(&config.analysis, PEER_TIMEOUT)?;
-    let server = Server::new(ficus_proto::service_names::PLANNER, config.server, routes).depends_on(store)
+    let rollouts = Rollouts::new(store.clone());
+    tokio::spawn(rollouts.clone().follow(shutdown.clone()));
+    let leadership = lease::run(store.clone(), replica_name(), config.lease_ttl, shutdown.clone());
+    let peers = Peers { traffic: TrafficControlClient::new(traffic.clone()), analysis: AnalysisClient::new(analysis.clone()) };
+    tokio::spawn(driver::run(rollouts.clone(), peers.clone(), leadership, shutdown.clone()));
+    let service = PlannerService::new(rollouts, peers.traffic, shutdown.clone());
+    let routes = tonic::service::Routes::new(PlannerServer::new(service));
+    let server = Server::new(ficus_proto::service_names::PLANNER, config.server, routes)
+        .depends_on(store)
         .depends_on(Peer::new(ficus_proto::service_names::TRAFFIC, traffic))
         .depends_on(Peer::new(ficus_proto::service_names::ANALYSIS, analysis));
     Ok(server.start(shutdown).await?)
+}
+
+/// This replica's name in the lease: the host and a random suffix, unique per start.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "planner".to_owned());
+    let mut bytes = [0_u8; 4];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    format!("{host}-{:08x}", u32::from_be_bytes(bytes))
 }

@@ -1,24 +1,7 @@
 //! One check at one look: an observation and a rule become a `CheckResult` with its
 //! evidence, rule text and a one-line reason.
 //!
-//! # How each rule is judged
-//!
-//! Rules on plain values compare numbers: the source gives no sampling distribution. Rules
-//! on counts or histograms are judged with a test, so noise in a small sample does not
-//! fail a healthy canary:
-//!
-//! | observation | threshold `max` | relative `ratio` | statistical `margin` |
-//! |---|---|---|---|
-//! | rate | rate above `max` (exact binomial) | `p_c > ratio p_b` (score test) | `p_c > p_b + margin` |
-//! | latency | share of requests above `max` exceeds `1 - q` | share above `ratio x` the baseline's quantile exceeds the baseline's share above it | Mann-Whitney, baseline scaled by `1 + margin` |
-//!
-//! A tested check FAILs only when its test is significant (and, for thresholds and ratios,
-//! the observed value also breaks the rule); it PASSes when the observed value keeps the
-//! rule (statistical rules: when the test is not significant); in between (the value
-//! breaks the rule but not significantly yet) it is INCONCLUSIVE. Too few samples on a
-//! side, a failed source, NaN or impossible counts are INCONCLUSIVE, never PASS. A tested
-//! check that failed stays failed for the rest of its run: the sequential test stops at
-//! its first rejection.
+//! The rules and how each is judged are described in the `judge` module docs.
 
 use ficus_proto::analysis::v1::{self as proto, Outcome};
 

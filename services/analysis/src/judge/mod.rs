@@ -2,7 +2,7 @@
 //! judging a run again and again does not inflate false failures.
 //!
 //! - [`template`]: validating an `AnalysisTemplate` into a [`Template`], and the default one;
-//! - [`check`](self::check): one check at one look (the rules and their tests);
+//! - `check` (private): one check at one look, judged as described below;
 //! - [`verdict`]: the weighted score and the verdict.
 //!
 //! A [`Judge`] carries a run's statistical state from look to look. How it treats repeated
@@ -15,6 +15,30 @@
 //! - sliding windows ([`Judge::with_sliding_window`], or detected when a side's sample
 //!   count shrinks between looks): alpha spent look by look, using the planned number of
 //!   looks when the run's duration is known.
+//!
+//! # How each rule is judged
+//!
+//! Rules on plain values compare numbers: the source gives no sampling distribution. Rules
+//! on counts or histograms are judged with a test, so noise in a small sample does not
+//! fail a healthy canary:
+//!
+//! | observation | threshold `max` | relative `ratio` | statistical `margin` |
+//! |---|---|---|---|
+//! | rate | rate above `max` (exact binomial) | `p_c > ratio p_b` (score test) | `p_c > p_b + margin` |
+//! | latency | share of requests above `max` exceeds `1 - q` | share above `ratio x` the baseline's quantile exceeds the baseline's share above it | Mann-Whitney, baseline scaled by `1 + margin` |
+//!
+//! A rate's `min` is the mirror test (rate below `min`); a latency `min` and every rule on
+//! plain values compare numbers.
+//!
+//! A tested check FAILs only when its test is significant (and, for thresholds and ratios,
+//! the observed value also breaks the rule); it PASSes when the observed value keeps the
+//! rule (statistical rules: when the test is not significant); in between (the value
+//! breaks the rule but not significantly yet) it is INCONCLUSIVE. Too few samples on a
+//! side, a failed source, NaN or impossible counts are INCONCLUSIVE, never PASS. A tested
+//! check that failed stays failed for the rest of its run: the sequential test stops at
+//! its first rejection.
+//!
+//! # Alpha
 //!
 //! The template's alpha is split evenly over the checks that run a test, so the guarantee
 //! holds for the verdict, not just for each check. Rules on plain values compare numbers

@@ -242,3 +242,80 @@ fn plain_values_compare_numbers() {
     assert_eq!(relative.checks[0].outcome(), Outcome::Fail);
     assert_eq!(relative.outcome(), Outcome::Fail);
 }
+
+fn single(metric: Source, rule: ProtoRule) -> Template {
+    let template = proto::AnalysisTemplate {
+        checks: vec![proto::Check {
+            name: "only".to_owned(),
+            metric: Some(proto::Metric { source: Some(metric) }),
+            rule: Some(rule),
+            weight: None,
+            critical: true,
+            min_samples: None,
+        }],
+        ..Default::default()
+    };
+    Template::from_proto(&template, "template").unwrap()
+}
+
+fn error_rate() -> Source {
+    Source::Builtin(proto::BuiltinMetric { kind: Kind::ErrorRate.into(), quantile: None })
+}
+
+#[test]
+fn sliding_windows_spend_alpha_look_by_look() {
+    let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
+    // 40 vs 25 expected errors: p ≈ 0.004, enough for one look at 0.05, not for 1/61 of it.
+    let observed = [Ok(Observed { baseline: rate(500, 100_000), canary: rate(40, 5_000) })];
+    let one_shot = Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now());
+    assert_eq!(one_shot.outcome(), Outcome::Fail, "{one_shot:#?}");
+    let mut sliding = Judge::new(template, Some(60)).with_sliding_window();
+    let verdict = sliding.judge(&observed, SystemTime::now());
+    assert_eq!(verdict.outcome(), Outcome::Pass, "{verdict:#?}");
+    let p = verdict.checks[0].p_value.unwrap();
+    assert!((p / one_shot.checks[0].p_value.unwrap() - 61.0).abs() < 1e-6, "{p}");
+}
+
+#[test]
+fn relative_rules_on_rates_are_tested() {
+    let template = single(error_rate(), ProtoRule::Relative(proto::Relative { max_ratio: 1.5 }));
+    let judge_with = |canary| {
+        let observed = [Ok(Observed { baseline: rate(1_000, 100_000), canary })];
+        Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
+    };
+    // 1.2% vs 1%: within 1.5 x.
+    assert_eq!(judge_with(rate(60, 5_000)).outcome(), Outcome::Pass);
+    // 2% vs 1% over 200 requests: above 1.5 x, but 4 errors prove little.
+    assert_eq!(judge_with(rate(4, 200)).outcome(), Outcome::Inconclusive);
+    // 3% vs 1% over 5000 requests: clearly above.
+    let fail = judge_with(rate(150, 5_000));
+    assert_eq!(fail.outcome(), Outcome::Fail, "{fail:#?}");
+    assert_eq!(fail.rule, "canary <= 1.5 x baseline (p < 0.05)");
+}
+
+#[test]
+fn a_rate_floor_fails_only_when_significantly_below() {
+    let success = Source::Prometheus(proto::PrometheusMetric {
+        query: "success_ratio{backend=\"{{backend}}\"}".to_owned(),
+        value_kind: proto::prometheus_metric::ValueKind::Rate.into(),
+        samples_query: "requests{backend=\"{{backend}}\"}".to_owned(),
+        ..Default::default()
+    });
+    let template = single(success, ProtoRule::Threshold(proto::Threshold { max: None, min: Some(0.99) }));
+    let judge_with = |canary| {
+        let observed = [Ok(Observed { baseline: rate(9_950, 10_000), canary })];
+        Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
+    };
+    assert_eq!(judge_with(rate(995, 1_000)).outcome(), Outcome::Pass);
+    assert_eq!(judge_with(rate(987, 1_000)).outcome(), Outcome::Inconclusive);
+    assert_eq!(judge_with(rate(950, 1_000)).outcome(), Outcome::Fail);
+}
+
+#[test]
+fn an_observation_of_the_wrong_shape_is_inconclusive() {
+    let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
+    let value = |value| Observation::Value { value, samples: 1_000 };
+    let observed = [Ok(Observed { baseline: value(0.0), canary: value(1.0) })];
+    let verdict = Judge::new(template, None).judge(&observed, SystemTime::now());
+    assert_eq!(verdict.checks[0].outcome(), Outcome::Inconclusive, "{verdict:#?}");
+}

@@ -65,6 +65,7 @@ struct Series {
 impl PrometheusSource {
     /// A source with `config`; fails only if the HTTP client cannot be built.
     pub fn new(config: PrometheusConfig) -> Result<Self, reqwest::Error> {
+        ficus_kit::tls::install_crypto_provider();
         let http = reqwest::Client::builder().timeout(config.timeout).connect_timeout(config.timeout).build()?;
         Ok(Self { http, config })
     }

@@ -31,6 +31,10 @@ pub struct Evidence {
     pub variance: f64,
     /// One-sided p-value of this look alone, as if it were the only one.
     pub p_value: f64,
+    /// Continuity correction in the excess's units (half a count): the sequential test
+    /// subtracts it, so a count near the boundary is not read as more extreme than a
+    /// discrete sample can show. Negligible once counts are large.
+    pub correction: f64,
 }
 
 impl Evidence {

@@ -84,6 +84,7 @@ pub fn above_bound(observed: Counts, bound: f64) -> Option<Evidence> {
         excess: observed.rate() - bound,
         variance: bound * (1.0 - bound) / n,
         p_value: probability(p_value),
+        correction: 0.5 / n,
     })
 }
 
@@ -99,6 +100,7 @@ pub fn below_bound(observed: Counts, bound: f64) -> Option<Evidence> {
         excess: bound - observed.rate(),
         variance: bound * (1.0 - bound) / n,
         p_value: probability(p_value),
+        correction: 0.5 / n,
     })
 }
 
@@ -146,7 +148,7 @@ pub fn above_baseline(canary: Counts, baseline: Counts, ratio: f64, margin: f64)
         normal
     };
     Some(Comparison {
-        evidence: Evidence { excess, variance, p_value: probability(p_value) },
+        evidence: Evidence { excess, variance, p_value: probability(p_value), correction },
         boundary_rate: q,
         exact: guarded,
     })

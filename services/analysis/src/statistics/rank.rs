@@ -56,7 +56,12 @@ impl RankTest {
     /// variance under the null.
     pub fn evidence(&self) -> Evidence {
         let pairs = self.canary_samples as f64 * self.baseline_samples as f64;
-        Evidence { excess: self.superiority - 0.5, variance: self.variance_u / (pairs * pairs), p_value: self.p_value }
+        Evidence {
+            excess: self.superiority - 0.5,
+            variance: self.variance_u / (pairs * pairs),
+            p_value: self.p_value,
+            correction: 0.5 / pairs,
+        }
     }
 }
 
@@ -113,7 +118,8 @@ pub fn mann_whitney_greater(canary: &[(f64, u64)], baseline: &[(f64, u64)], marg
 
     let pairs = n_c * n_b;
     let variance_u = pairs / 12.0 * ((total + 1.0) - tie_term / (total * (total - 1.0)));
-    if !(variance_u > 0.0) {
+    // Also catches NaN.
+    if variance_u.is_nan() || variance_u <= 0.0 {
         return None;
     }
     let z = (u - pairs / 2.0 - 0.5) / variance_u.sqrt();

@@ -23,7 +23,9 @@
 //! the one-sided mixture). The always-valid p-value is the running minimum of `1/Λ`;
 //! failing when it drops to `alpha` keeps the false-failure rate of the whole run at or
 //! below `alpha` without knowing the number of looks. `τ` is the size of effect the test is
-//! tuned to detect fastest; any fixed `τ` is valid. The guarantee holds as far as the
+//! tuned to detect fastest; any fixed `τ` is valid. The excess enters less its
+//! continuity correction (half a count), which keeps small discrete counts from looking
+//! more extreme than they are and vanishes as counts grow. The guarantee holds as far as the
 //! normal approximation does, which is why the judge also requires the look's own
 //! (exact, for small counts) p-value to be below `alpha`: that can only remove failures.
 //!
@@ -41,11 +43,12 @@ use std::f64::consts::{LN_2, PI};
 use super::{Evidence, normal_cdf};
 
 /// Natural log of the one-sided normal-mixture likelihood ratio `Λ` of `evidence` with
-/// mixing scale `tau` (see the module docs). 0 (a ratio of 1, no evidence) when the
+/// mixing scale `tau` (see the module docs), on the excess less its continuity correction. 0 (a ratio of 1, no evidence) when the
 /// variance or `tau` is 0 and the excess is not positive, or when anything is NaN; +∞ when
 /// the variance is 0 and the excess positive.
 pub fn ln_mixture_likelihood_ratio(evidence: &Evidence, tau: f64) -> f64 {
-    let (d, v) = (evidence.excess, evidence.variance);
+    let correction = if evidence.correction.is_finite() { evidence.correction.max(0.0) } else { 0.0 };
+    let (d, v) = (evidence.excess - correction, evidence.variance);
     if d.is_nan() || v.is_nan() || tau.is_nan() || v < 0.0 {
         return 0.0;
     }
@@ -121,7 +124,7 @@ mod tests {
     use super::*;
 
     fn evidence(excess: f64, variance: f64) -> Evidence {
-        Evidence { excess, variance, p_value: 1.0 }
+        Evidence { excess, variance, p_value: 1.0, correction: 0.0 }
     }
 
     #[test]

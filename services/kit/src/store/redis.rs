@@ -205,7 +205,7 @@ impl RedisStore {
     /// include `Ex`; without it, expired entries still vanish but watchers are not told.
     pub async fn open(url: &str, namespace: &str) -> Result<Self> {
         check_namespace(namespace)?;
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let info = url.into_connection_info().map_err(|error| {
             // The message may quote the URL, which may hold a password; keep only the kind.
             StoreError::Invalid(format!("invalid redis URL: {}", error.category()))
@@ -509,13 +509,6 @@ fn glob_escape(text: &str) -> String {
     escaped
 }
 
-/// rustls needs a process-wide crypto provider for `rediss://`; it can only infer one
-/// when exactly one is compiled in, which other dependencies may change. Installing ring
-/// explicitly keeps TLS working either way; if the application installed its own
-/// provider first, that one stays.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// Follows the namespace's change channel (and Redis' expired-key events) on a dedicated
 /// pub/sub connection and forwards changes to the watchers, re-subscribing after the

@@ -1,0 +1,383 @@
+//! The loop that moves each active rollout: apply its weights to traffic, observe its
+//! step (with an analysis run when the step has one), and turn what happens into
+//! transitions through the state machine, each written before it is acted on.
+//!
+//! Only the replica holding the lease drives. Everything the driver does is idempotent
+//! (weights are compared before they are set, analysis runs have ids derived from the step
+//! they judge), so a replica that takes over, or a planner restarted after `kill -9`,
+//! simply carries on from the stored state.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use ficus_kit::client::TracedChannel;
+use ficus_proto::{
+    analysis::v1::{self as analysis, Outcome, analysis_client::AnalysisClient},
+    planner::v1::{self as proto, Phase},
+    time,
+    traffic::v1::{self as traffic, traffic_control_client::TrafficControlClient},
+};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::{
+    error::Error,
+    lease::Leadership,
+    machine::{self, Transition},
+    plan::StepKind,
+    rollouts::{Rollouts, plan_of},
+};
+
+/// How long to wait before trying again when traffic, analysis or the store is down.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How often the leader looks for rollouts it is not driving yet (e.g. after a takeover).
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// The services a rollout moves and judges.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    /// Traffic control.
+    pub traffic: TrafficControlClient<TracedChannel>,
+    /// Metric analysis.
+    pub analysis: AnalysisClient<TracedChannel>,
+}
+
+/// Drives every active rollout while this replica leads.
+pub async fn run(rollouts: Rollouts, peers: Peers, mut leadership: Leadership, shutdown: CancellationToken) {
+    loop {
+        if leadership.borrow_and_update().is_some() {
+            let tenure = shutdown.child_token();
+            let lead = lead(rollouts.clone(), peers.clone(), tenure.clone());
+            tokio::pin!(lead);
+            loop {
+                tokio::select! {
+                    () = &mut lead => {}
+                    changed = leadership.changed() => {
+                        if changed.is_err() || leadership.borrow_and_update().is_none() {
+                            tracing::info!("no longer leading; stopping every rollout driver");
+                            tenure.cancel();
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                break;
+            }
+            tenure.cancel();
+        }
+        tokio::select! {
+            changed = leadership.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// While leading: one task per active rollout.
+async fn lead(rollouts: Rollouts, peers: Peers, tenure: CancellationToken) {
+    let driving: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+    let mut events = rollouts.subscribe();
+    let mut rescan = tokio::time::interval(RESCAN);
+    loop {
+        let ids: Vec<String> = tokio::select! {
+            _ = rescan.tick() => match rollouts.list("", true).await {
+                Ok(active) => active.into_iter().map(|rollout| rollout.id).collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list active rollouts");
+                    Vec::new()
+                }
+            },
+            event = events.recv() => match event {
+                Ok(event) => event.rollout.into_iter().filter(|r| !machine::is_terminal(r.phase())).map(|r| r.id).collect(),
+                Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = tenure.cancelled() => return,
+        };
+        for id in ids {
+            let mut driving_now = driving.lock();
+            if driving_now.contains_key(&id) {
+                continue;
+            }
+            let stop = tenure.child_token();
+            driving_now.insert(id.clone(), stop.clone());
+            let (rollouts, peers, driving) = (rollouts.clone(), peers.clone(), driving.clone());
+            tokio::spawn(async move {
+                Drive { rollouts, peers, id: id.clone(), stop }.run().await;
+                driving.lock().remove(&id);
+            });
+        }
+    }
+}
+
+/// One rollout's driver.
+struct Drive {
+    rollouts: Rollouts,
+    peers: Peers,
+    id: String,
+    stop: CancellationToken,
+}
+
+/// What to do after one pass.
+enum Next {
+    /// Re-read the rollout and go on at once.
+    Reload,
+    /// Wait for a change of this rollout (or the retry delay), then re-read.
+    Wait(Option<Duration>),
+    /// The rollout has ended and traffic has its final weights.
+    Done,
+}
+
+impl Drive {
+    async fn run(self) {
+        let mut changes = self.rollouts.subscribe();
+        loop {
+            let next = match self.rollouts.get(&self.id).await {
+                Ok(rollout) => self.step(rollout, &mut changes).await,
+                Err(error) => {
+                    tracing::warn!(rollout = %self.id, %error, "cannot read the rollout");
+                    Next::Wait(Some(RETRY))
+                }
+            };
+            match next {
+                Next::Reload => {}
+                Next::Done => return,
+                Next::Wait(limit) => {
+                    if self.wait_for_change(&mut changes, limit).await.is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a newer version of this rollout, at most `limit`; `None` when stopped.
+    async fn wait_for_change(&self, changes: &mut broadcast::Receiver<proto::RolloutEvent>, limit: Option<Duration>) -> Option<()> {
+        let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+        loop {
+            let sleep = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = changes.recv() => match event {
+                    Ok(event) if event.rollout.as_ref().is_some_and(|r| r.id == self.id) => return Some(()),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Some(()),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                () = sleep => return Some(()),
+                () = self.stop.cancelled() => return None,
+            }
+        }
+    }
+
+    async fn step(&self, rollout: proto::Rollout, changes: &mut broadcast::Receiver<proto::RolloutEvent>) -> Next {
+        let (spec, plan) = match plan_of(&rollout) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                let mut failed = rollout.clone();
+                failed.phase = Phase::Failed.into();
+                failed.message = error.to_string();
+                return self.save(Transition { reason: error.to_string(), from: rollout.phase(), rollout: failed }).await;
+            }
+        };
+        if let Err(error) = apply_weights(&self.peers.traffic, &spec.route, &rollout.weights).await {
+            return self.hold(rollout, format!("holding: {error}")).await;
+        }
+        if machine::is_terminal(rollout.phase()) {
+            return Next::Done;
+        }
+        if rollout.phase() == Phase::Paused {
+            return Next::Wait(None);
+        }
+        let Some(step) = plan.step(rollout.step as usize) else {
+            return self.save(machine::advance(&rollout, &plan, SystemTime::now(), "plan complete".into())).await;
+        };
+        let started = rollout.step_started_at.as_ref().and_then(time::system_time).unwrap_or_else(SystemTime::now);
+        let remaining = |duration: Duration| (started + duration).duration_since(SystemTime::now()).ok();
+        match step.kind {
+            StepKind::SetWeight { .. } => self.advance(&rollout, &plan, "weights applied").await,
+            StepKind::Observe { window, analysis: true } => {
+                self.observe(rollout, &plan, spec, window, started, changes).await
+            }
+            StepKind::Observe { window: duration, analysis: false }
+            | StepKind::Pause { duration: Some(duration) }
+            | StepKind::Retain { duration } => match remaining(duration) {
+                Some(left) => Next::Wait(Some(left)),
+                None => self.advance(&rollout, &plan, "window over").await,
+            },
+            StepKind::Pause { duration: None } | StepKind::Gate => Next::Wait(None),
+        }
+    }
+
+    /// Observes a step with analysis: acts on every verdict, and passes the step only on a
+    /// PASS once the window is over.
+    async fn observe(
+        &self,
+        rollout: proto::Rollout,
+        plan: &crate::plan::Plan,
+        spec: crate::spec::Spec,
+        window: Duration,
+        started: SystemTime,
+        changes: &mut broadcast::Receiver<proto::RolloutEvent>,
+    ) -> Next {
+        let step = rollout.step as usize;
+        let run_id = format!("{}-{}-{}", rollout.id, step, rollout.step_started_at.map(|t| t.seconds).unwrap_or_default());
+        let template = plan.step(step).and_then(|step| step.template.clone());
+        let interval = spec.analysis.as_ref().map(|analysis| analysis.interval);
+        let request = analysis::StartRunRequest {
+            target: Some(analysis::Target {
+                route: spec.route.clone(),
+                baseline: spec.stable_backend.clone(),
+                canary: spec.canary_backend.clone(),
+            }),
+            template,
+            interval: interval.map(Into::into),
+            window: None,
+            duration: None,
+            run_id: run_id.clone(),
+        };
+        let mut analysis = self.peers.analysis.clone();
+        if let Err(status) = analysis.start_run(request).await {
+            if status.code() == Code::InvalidArgument {
+                let mut failed = rollout.clone();
+                failed.phase = Phase::Failed.into();
+                failed.message = format!("analysis refused the step's checks: {}", status.message());
+                return self.save(Transition { reason: failed.message.clone(), from: rollout.phase(), rollout: failed }).await;
+            }
+            return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await;
+        }
+        let mut verdicts = match analysis.watch_run(analysis::WatchRunRequest { id: run_id.clone() }).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await,
+        };
+        let mut current = rollout;
+        let window_end = tokio::time::Instant::now() + (started + window).duration_since(SystemTime::now()).unwrap_or_default();
+        let mut window_over = false;
+        loop {
+            let deadline = async {
+                if window_over { std::future::pending().await } else { tokio::time::sleep_until(window_end).await }
+            };
+            tokio::select! {
+                verdict = verdicts.next() => match verdict {
+                    Some(Ok(verdict)) => {
+                        let outcome = verdict.outcome();
+                        let transition = machine::on_verdict(&current, plan, spec.failure_policy, verdict, SystemTime::now());
+                        let changed_phase = transition.rollout.phase() != current.phase();
+                        match self.rollouts.save(transition).await {
+                            Ok(saved) => current = saved,
+                            Err(_) => return Next::Reload,
+                        }
+                        if changed_phase {
+                            // Weights first: the run is stopped in the background.
+                            let analysis = self.peers.analysis.clone();
+                            let run_id = run_id.clone();
+                            tokio::spawn(async move { stop_run(&analysis, &run_id).await });
+                            return Next::Reload;
+                        }
+                        if window_over && outcome == Outcome::Pass {
+                            stop_run(&self.peers.analysis, &run_id).await;
+                            return self.advance(&current, plan, "window over with a passing verdict").await;
+                        }
+                    }
+                    Some(Err(status)) => return self.hold(current, format!("holding: analysis unavailable: {}", status.message())).await,
+                    None => return Next::Wait(Some(RETRY)),
+                },
+                () = deadline => {
+                    window_over = true;
+                    if current.last_verdict.as_ref().is_some_and(|verdict| verdict.outcome() == Outcome::Pass) {
+                        stop_run(&self.peers.analysis, &run_id).await;
+                        return self.advance(&current, plan, "window over with a passing verdict").await;
+                    }
+                    let mut waiting = current.clone();
+                    waiting.message = format!("step {step}: window over; waiting for a passing verdict before going on");
+                    let transition = Transition { reason: waiting.message.clone(), from: current.phase(), rollout: waiting };
+                    match self.rollouts.save(transition).await {
+                        Ok(saved) => current = saved,
+                        Err(_) => return Next::Reload,
+                    }
+                }
+                event = changes.recv() => match event {
+                    Ok(event) if event.rollout.as_ref().is_some_and(|r| r.id == self.id && r.version > current.version) => {
+                        return Next::Reload;
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Next::Reload,
+                    Err(broadcast::error::RecvError::Closed) => return Next::Done,
+                },
+                () = self.stop.cancelled() => return Next::Done,
+            }
+        }
+    }
+
+    async fn advance(&self, rollout: &proto::Rollout, plan: &crate::plan::Plan, why: &str) -> Next {
+        self.save(machine::advance(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step))).await
+    }
+
+    async fn save(&self, transition: Transition) -> Next {
+        match self.rollouts.save(transition).await {
+            Ok(_) | Err(Error::Conflict { .. }) => Next::Reload,
+            Err(error) => {
+                tracing::warn!(rollout = %self.id, %error, "cannot record a transition; retrying");
+                Next::Wait(Some(RETRY))
+            }
+        }
+    }
+
+    /// Keeps the current weights and says why, then retries shortly.
+    async fn hold(&self, rollout: proto::Rollout, why: String) -> Next {
+        if rollout.message != why {
+            let mut held = rollout.clone();
+            held.message = why.clone();
+            let _ = self.rollouts.save(Transition { reason: why, from: rollout.phase(), rollout: held }).await;
+        }
+        Next::Wait(Some(RETRY))
+    }
+}
+
+/// Sets `weights` on `route` unless traffic already has them, compare-and-set on the
+/// route's generation so a concurrent change is never overwritten blindly.
+pub async fn apply_weights(
+    traffic: &TrafficControlClient<TracedChannel>,
+    route: &str,
+    weights: &HashMap<String, u32>,
+) -> Result<(), String> {
+    let mut traffic = traffic.clone();
+    for _ in 0..3 {
+        let current = traffic
+            .get_route(traffic::GetRouteRequest { name: route.to_owned() })
+            .await
+            .map_err(|status| format!("traffic unavailable: {}", status.message()))?
+            .into_inner();
+        let same = current.weights.iter().all(|(name, weight)| weights.get(name).copied().unwrap_or(0) == *weight);
+        if same {
+            return Ok(());
+        }
+        let request = traffic::SetWeightsRequest {
+            route: route.to_owned(),
+            weights: weights.clone(),
+            expected_generation: current.generation,
+        };
+        match traffic.set_weights(request).await {
+            Ok(_) => return Ok(()),
+            Err(status) if status.code() == Code::Aborted => continue,
+            Err(status) => return Err(format!("traffic refused the weights: {}", status.message())),
+        }
+    }
+    Err("traffic's route keeps changing under the planner".to_owned())
+}
+
+async fn stop_run(analysis: &AnalysisClient<TracedChannel>, id: &str) {
+    if let Err(status) = analysis.clone().stop_run(analysis::StopRunRequest { id: id.to_owned() }).await {
+        tracing::debug!(run = id, %status, "cannot stop an analysis run; it ends with its service");
+    }
+}
