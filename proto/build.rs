@@ -25,8 +25,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(descriptors)?;
 
-    pbjson_build::Builder::new()
-        .register_descriptors(&descriptor_bytes)?
-        .build(&[".ficus"])?;
+    pbjson_build::Builder::new().register_descriptors(&descriptor_bytes)?.build(&[".ficus"])?;
     Ok(())
 }

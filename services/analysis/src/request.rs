@@ -114,5 +114,9 @@ pub fn positive(duration: Option<&pbjson_types::Duration>, field: &str) -> Resul
 /// A caller-chosen run id: URL-safe, so it can appear in keys and paths.
 pub fn run_id(id: &str) -> Result<String, Error> {
     let valid = id.len() <= MAX_RUN_ID_LEN && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if valid { Ok(id.to_owned()) } else { Err(InvalidField::new("run_id", "up to 128 letters, digits, '-', '_' or '.'").into()) }
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(InvalidField::new("run_id", "up to 128 letters, digits, '-', '_' or '.'").into())
+    }
 }

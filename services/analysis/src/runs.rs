@@ -167,8 +167,11 @@ impl Runs {
 
     fn launch(&self, run: proto::Run, spec: RunSpec) {
         let (verdicts, _) = broadcast::channel(VERDICT_BUFFER);
-        let active =
-            Arc::new(Active { run: Mutex::new(run.clone()), verdicts: Mutex::new(Some(verdicts)), stop: CancellationToken::new() });
+        let active = Arc::new(Active {
+            run: Mutex::new(run.clone()),
+            verdicts: Mutex::new(Some(verdicts)),
+            stop: CancellationToken::new(),
+        });
         self.active.lock().insert(run.id.clone(), active.clone());
         let runs = self.clone();
         tokio::spawn(async move { runs.drive(active, spec).await });
@@ -194,7 +197,9 @@ impl Runs {
                 () = self.shutdown.cancelled() => return,
             }
             let now = SystemTime::now();
-            let window = spec.window.unwrap_or_else(|| now.duration_since(started).unwrap_or_default().max(Duration::from_secs(1)));
+            let window = spec
+                .window
+                .unwrap_or_else(|| now.duration_since(started).unwrap_or_default().max(Duration::from_secs(1)));
             let observed = self.sources.observe(&spec.target, &spec.template_proto.checks, window).await;
             let verdict = judge.judge(&observed, now);
             let snapshot = {
@@ -217,7 +222,9 @@ impl Runs {
             run.state = proto::RunState::Finished.into();
             run.clone()
         };
-        if let Err(error) = self.store.put(&key(&id), finished.encode_to_vec(), Expect::Any, Some(FINISHED_RETENTION)).await {
+        if let Err(error) =
+            self.store.put(&key(&id), finished.encode_to_vec(), Expect::Any, Some(FINISHED_RETENTION)).await
+        {
             tracing::warn!(run = %id, %error, "cannot record that a run finished");
         }
         self.active.lock().remove(&id);
@@ -227,7 +234,9 @@ impl Runs {
 
     async fn read(&self, id: &str) -> Result<Option<proto::Run>, Error> {
         let Some(entry) = self.store.get(&key(id)).await.map_err(Error::Store)? else { return Ok(None) };
-        proto::Run::decode(entry.value.as_slice()).map(Some).map_err(|error| Error::Corrupt(format!("run `{id}`: {error}")))
+        proto::Run::decode(entry.value.as_slice())
+            .map(Some)
+            .map_err(|error| Error::Corrupt(format!("run `{id}`: {error}")))
     }
 }
 

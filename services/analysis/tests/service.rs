@@ -34,8 +34,10 @@ impl Plane {
         )
         .await
         .expect("traffic starts");
-        let mut config =
-            ficus_analysis::Config::ephemeral(data.path().join("analysis").display().to_string(), traffic.grpc_addr.to_string());
+        let mut config = ficus_analysis::Config::ephemeral(
+            data.path().join("analysis").display().to_string(),
+            traffic.grpc_addr.to_string(),
+        );
         if let Some(address) = prometheus {
             config.prometheus.address = address;
         }
@@ -56,13 +58,16 @@ impl Plane {
             weights: [("stable".to_owned(), 5_000), ("canary".to_owned(), 5_000)].into(),
             ..Default::default()
         };
-        api.put_route(traffic_proto::PutRouteRequest { route: Some(route), expected_generation: 0 }).await.expect("route");
+        api.put_route(traffic_proto::PutRouteRequest { route: Some(route), expected_generation: 0 })
+            .await
+            .expect("route");
     }
 
     async fn send(&self, requests: usize) {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
         for _ in 0..requests {
-            let response = client.get(format!("http://{}/", self.proxy).parse().expect("uri")).await.expect("proxy answers");
+            let response =
+                client.get(format!("http://{}/", self.proxy).parse().expect("uri")).await.expect("proxy answers");
             let _ = response.into_body().collect().await;
         }
     }
@@ -206,7 +211,11 @@ fn fixed(canary: f64) -> proto::AnalysisTemplate {
         checks: vec![proto::Check {
             name: "fixed".into(),
             metric: Some(proto::Metric {
-                source: Some(proto::metric::Source::Fixed(proto::FixedMetric { baseline: 0.0, canary, samples: 1_000 })),
+                source: Some(proto::metric::Source::Fixed(proto::FixedMetric {
+                    baseline: 0.0,
+                    canary,
+                    samples: 1_000,
+                })),
             }),
             rule: Some(proto::check::Rule::Threshold(proto::Threshold { max: Some(0.5), min: None })),
             critical: true,
@@ -233,7 +242,14 @@ async fn a_run_streams_a_verdict_every_interval_until_it_ends() {
     assert_eq!(again.id, run.id);
     let verdicts: Vec<proto::Verdict> = tokio::time::timeout(
         Duration::from_secs(15),
-        plane.api.watch_run(proto::WatchRunRequest { id: run.id.clone() }).await.expect("watch").into_inner().map(|v| v.expect("verdict")).collect(),
+        plane
+            .api
+            .watch_run(proto::WatchRunRequest { id: run.id.clone() })
+            .await
+            .expect("watch")
+            .into_inner()
+            .map(|v| v.expect("verdict"))
+            .collect(),
     )
     .await
     .expect("the stream ends with the run");

@@ -26,7 +26,9 @@ enum Command {
     /// listens on its default ports (planner 7001, analysis 7002, traffic 7003,
     /// sessions 7004; admin 9001-9004), unless configured otherwise in the `[planner]`,
     /// `[analysis]`, `[traffic]` and `[sessions]` sections or `FICUS_<SERVICE>__...`.
-    #[command(after_help = "Examples:\n  ficus up\n  ficus up --data-dir /var/lib/ficus\n  FICUS_TRAFFIC__SERVER__GRPC_ADDR=127.0.0.1:7103 ficus up")]
+    #[command(
+        after_help = "Examples:\n  ficus up\n  ficus up --data-dir /var/lib/ficus\n  FICUS_TRAFFIC__SERVER__GRPC_ADDR=127.0.0.1:7103 ficus up"
+    )]
     Up {
         /// Parent directory of every service's store.
         #[arg(long, value_name = "DIR", default_value = "data")]

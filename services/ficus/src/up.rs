@@ -10,11 +10,11 @@ use std::{
     process::ExitCode,
 };
 
-use figment::Figment;
 use ficus_kit::{
     config::{self, ConfigError},
     server::{Running, ServeError},
 };
+use figment::Figment;
 use tokio_util::sync::CancellationToken;
 
 /// The configuration of every service, each from its own section.
@@ -115,7 +115,8 @@ impl ControlPlane {
     pub async fn wait(self) -> Result<(), UpError> {
         let (sessions, traffic, analysis, planner) =
             tokio::join!(self.sessions.wait(), self.traffic.wait(), self.analysis.wait(), self.planner.wait());
-        let stopped = |service, result: Result<(), ServeError>| result.map_err(|source| UpError::Stopped { service, source });
+        let stopped =
+            |service, result: Result<(), ServeError>| result.map_err(|source| UpError::Stopped { service, source });
         stopped("sessions", sessions)?;
         stopped("traffic", traffic)?;
         stopped("analysis", analysis)?;

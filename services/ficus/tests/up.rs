@@ -10,7 +10,9 @@ async fn runs_every_service_in_one_process_and_stops_on_sigterm() {
     let data = tempfile::tempdir().expect("temp dir");
     let mut env = Vec::new();
     let mut addrs = Vec::new();
-    for (section, service) in [("PLANNER", PLANNER), ("ANALYSIS", ANALYSIS), ("TRAFFIC", TRAFFIC), ("SESSIONS", SESSIONS)] {
+    for (section, service) in
+        [("PLANNER", PLANNER), ("ANALYSIS", ANALYSIS), ("TRAFFIC", TRAFFIC), ("SESSIONS", SESSIONS)]
+    {
         let grpc = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         env.push((format!("FICUS_{section}__SERVER__GRPC_ADDR"), grpc.clone()));
@@ -20,7 +22,8 @@ async fn runs_every_service_in_one_process_and_stops_on_sigterm() {
     env.push(("FICUS_TRAFFIC__PROXY__LISTEN".into(), format!("127.0.0.1:{}", free_port())));
     let env: Vec<(&str, String)> = env.iter().map(|(key, value)| (key.as_str(), value.clone())).collect();
     let data_dir = data.path().display().to_string();
-    let mut process = ServiceProcess::spawn_with_args(env!("CARGO_BIN_EXE_ficus"), &["up", "--data-dir", &data_dir], &env);
+    let mut process =
+        ServiceProcess::spawn_with_args(env!("CARGO_BIN_EXE_ficus"), &["up", "--data-dir", &data_dir], &env);
 
     for (service, grpc_addr, admin_addr) in &addrs {
         ServiceProcess::wait_serving_at(*grpc_addr, service, Duration::from_secs(30)).await;

@@ -99,7 +99,10 @@ pub fn check_store(key: &str, location: &str) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(key, "the Redis URL has no host"));
         }
     } else if location.contains("://") {
-        return Err(ConfigError::invalid(key, "only redis:// and rediss:// URLs are stores; anything else is a directory"));
+        return Err(ConfigError::invalid(
+            key,
+            "only redis:// and rediss:// URLs are stores; anything else is a directory",
+        ));
     }
     Ok(())
 }

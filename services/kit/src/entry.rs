@@ -61,7 +61,8 @@ where
 {
     let label = format!("ficus-{name}");
     let cli = <Cli as clap::Parser>::parse();
-    let loaded = cli.args.layers().and_then(|layers| Ok((config::extract::<C>(&layers, None)?, telemetry_config(&layers)?)));
+    let loaded =
+        cli.args.layers().and_then(|layers| Ok((config::extract::<C>(&layers, None)?, telemetry_config(&layers)?)));
     let (config, telemetry) = match loaded {
         Ok(loaded) => loaded,
         Err(error) => {

@@ -3,11 +3,11 @@
 // figment::Jail fixes the error type of its closures.
 #![allow(clippy::result_large_err)]
 
-use figment::Jail;
 use ficus_kit::{
     config::{self, ConfigError, ServiceConfig},
     server::ServerConfig,
 };
+use figment::Jail;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -45,7 +45,10 @@ fn defaults_apply_when_nothing_is_set() {
 #[test]
 fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
     Jail::expect_with(|jail| {
-        jail.create_file("ficus.toml", "store = \"from-file\"\nlimit = 20\n[server]\ngrpc_addr = \"127.0.0.1:7200\"\n")?;
+        jail.create_file(
+            "ficus.toml",
+            "store = \"from-file\"\nlimit = 20\n[server]\ngrpc_addr = \"127.0.0.1:7200\"\n",
+        )?;
         jail.set_env("FICUS_LIMIT", "30");
         jail.set_env("FICUS_SERVER__ADMIN_ADDR", "127.0.0.1:9300");
         let loaded = load().map_err(|e| e.to_string())?;
@@ -53,7 +56,11 @@ fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
         assert_eq!(loaded.limit, 30, "environment beats file");
         assert_eq!(loaded.server.grpc_addr.to_string(), "127.0.0.1:7200");
         assert_eq!(loaded.server.admin_addr.to_string(), "127.0.0.1:9300", "nested keys split on __");
-        assert_eq!(loaded.server.grace_period, ServerConfig::on_ports(0, 0).grace_period, "untouched keys keep defaults");
+        assert_eq!(
+            loaded.server.grace_period,
+            ServerConfig::on_ports(0, 0).grace_period,
+            "untouched keys keep defaults"
+        );
         Ok(())
     });
 }

@@ -41,7 +41,9 @@ fn main() -> ExitCode {
         runtime.block_on(serve());
         return ExitCode::SUCCESS;
     }
-    match runtime.block_on(async { tokio::time::timeout(Duration::from_secs(60), an_in_flight_call_completes_after_sigterm()).await }) {
+    match runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), an_in_flight_call_completes_after_sigterm()).await
+    }) {
         Ok(()) => {
             println!("graceful_shutdown: 1 passed, 0 failed");
             ExitCode::SUCCESS
@@ -56,8 +58,10 @@ fn main() -> ExitCode {
 async fn serve() {
     let stop = shutdown::on_signal();
     let routes = tonic::service::Routes::new(SessionStoreServer::new(Slow));
-    let running =
-        Server::new("ficus.sessions.v1.SessionStore", ServerConfig::ephemeral(), routes).start(stop).await.expect("start");
+    let running = Server::new("ficus.sessions.v1.SessionStore", ServerConfig::ephemeral(), routes)
+        .start(stop)
+        .await
+        .expect("start");
     println!("listening {}", running.grpc_addr);
     running.wait().await.expect("clean stop");
 }
@@ -79,7 +83,8 @@ async fn an_in_flight_call_completes_after_sigterm() {
     };
     let channel = ficus_testkit::grpc::channel(addr.parse().expect("address"));
     let mut client = SessionStoreClient::new(channel);
-    let call = tokio::spawn(async move { client.get_session(GetSessionRequest { id: "abc".into(), touch: false }).await });
+    let call =
+        tokio::spawn(async move { client.get_session(GetSessionRequest { id: "abc".into(), touch: false }).await });
     loop {
         let line = lines.next_line().await.expect("read stdout").expect("server reports the call");
         if line == "call started" {

@@ -64,7 +64,11 @@ async fn the_server_span_is_a_child_of_the_client_span() {
     let server_span = find(&spans, method, SpanKind::Server).expect("server span");
     let caller_span = spans.iter().find(|span| span.name == "caller").expect("caller span");
 
-    assert_eq!(server_span.parent_span_id, client_span.span_context.span_id(), "server span's parent is the client span");
+    assert_eq!(
+        server_span.parent_span_id,
+        client_span.span_context.span_id(),
+        "server span's parent is the client span"
+    );
     assert_eq!(client_span.parent_span_id, caller_span.span_context.span_id(), "client span's parent is the caller");
     assert_eq!(server_span.span_context.trace_id(), caller_trace, "one trace across the hop");
     assert!(server_span.parent_span_is_remote, "the server learnt its parent from the wire");

@@ -158,7 +158,11 @@ impl Drive {
     }
 
     /// Waits for a newer version of this rollout, at most `limit`; `None` when stopped.
-    async fn wait_for_change(&self, changes: &mut broadcast::Receiver<proto::RolloutEvent>, limit: Option<Duration>) -> Option<()> {
+    async fn wait_for_change(
+        &self,
+        changes: &mut broadcast::Receiver<proto::RolloutEvent>,
+        limit: Option<Duration>,
+    ) -> Option<()> {
         let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
         loop {
             let sleep = async {
@@ -187,7 +191,9 @@ impl Drive {
                 let mut failed = rollout.clone();
                 failed.phase = Phase::Failed.into();
                 failed.message = error.to_string();
-                return self.save(Transition { reason: error.to_string(), from: rollout.phase(), rollout: failed }).await;
+                return self
+                    .save(Transition { reason: error.to_string(), from: rollout.phase(), rollout: failed })
+                    .await;
             }
         };
         if let Err(error) = apply_weights(&self.peers.traffic, &spec.route, &rollout.weights).await {
@@ -231,7 +237,8 @@ impl Drive {
         changes: &mut broadcast::Receiver<proto::RolloutEvent>,
     ) -> Next {
         let step = rollout.step as usize;
-        let run_id = format!("{}-{}-{}", rollout.id, step, rollout.step_started_at.map(|t| t.seconds).unwrap_or_default());
+        let run_id =
+            format!("{}-{}-{}", rollout.id, step, rollout.step_started_at.map(|t| t.seconds).unwrap_or_default());
         let template = plan.step(step).and_then(|step| step.template.clone());
         let interval = spec.analysis.as_ref().map(|analysis| analysis.interval);
         let request = analysis::StartRunRequest {
@@ -252,16 +259,21 @@ impl Drive {
                 let mut failed = rollout.clone();
                 failed.phase = Phase::Failed.into();
                 failed.message = format!("analysis refused the step's checks: {}", status.message());
-                return self.save(Transition { reason: failed.message.clone(), from: rollout.phase(), rollout: failed }).await;
+                return self
+                    .save(Transition { reason: failed.message.clone(), from: rollout.phase(), rollout: failed })
+                    .await;
             }
             return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await;
         }
         let mut verdicts = match analysis.watch_run(analysis::WatchRunRequest { id: run_id.clone() }).await {
             Ok(stream) => stream.into_inner(),
-            Err(status) => return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await,
+            Err(status) => {
+                return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await;
+            }
         };
         let mut current = rollout;
-        let window_end = tokio::time::Instant::now() + (started + window).duration_since(SystemTime::now()).unwrap_or_default();
+        let window_end =
+            tokio::time::Instant::now() + (started + window).duration_since(SystemTime::now()).unwrap_or_default();
         let mut window_over = false;
         loop {
             let deadline = async {
@@ -320,7 +332,8 @@ impl Drive {
     }
 
     async fn advance(&self, rollout: &proto::Rollout, plan: &crate::plan::Plan, why: &str) -> Next {
-        self.save(machine::advance(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step))).await
+        self.save(machine::advance(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step)))
+            .await
     }
 
     async fn save(&self, transition: Transition) -> Next {

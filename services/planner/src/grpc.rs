@@ -44,14 +44,21 @@ impl PlannerService {
     async fn validate(&self, spec: Option<&proto::RolloutSpec>) -> Result<(proto::RolloutSpec, Plan), Error> {
         let spec = spec.ok_or_else(|| InvalidField::new("spec", "required"))?;
         let validated = Spec::from_proto(spec, "spec")?;
-        let route = match self.traffic.clone().get_route(traffic::GetRouteRequest { name: validated.route.clone() }).await {
-            Ok(route) => route.into_inner(),
-            Err(status) if status.code() == Code::NotFound => {
-                return Err(InvalidField::new("spec.route", format!("traffic has no route `{}`", validated.route)).into());
-            }
-            Err(status) => return Err(Error::Unavailable { service: "traffic", reason: status.message().to_owned() }),
-        };
-        for (field, name) in [("spec.stable_backend", &validated.stable_backend), ("spec.canary_backend", &validated.canary_backend)] {
+        let route =
+            match self.traffic.clone().get_route(traffic::GetRouteRequest { name: validated.route.clone() }).await {
+                Ok(route) => route.into_inner(),
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(
+                        InvalidField::new("spec.route", format!("traffic has no route `{}`", validated.route)).into()
+                    );
+                }
+                Err(status) => {
+                    return Err(Error::Unavailable { service: "traffic", reason: status.message().to_owned() });
+                }
+            };
+        for (field, name) in
+            [("spec.stable_backend", &validated.stable_backend), ("spec.canary_backend", &validated.canary_backend)]
+        {
             if !route.backends.iter().any(|backend| &backend.name == name) {
                 return Err(InvalidField::new(field, format!("route `{}` has no backend `{name}`", route.name)).into());
             }
@@ -94,7 +101,10 @@ impl Planner for PlannerService {
         Ok(Response::new(proto::PreviewPlanResponse { plan: Some(plan.to_proto()) }))
     }
 
-    async fn create_rollout(&self, request: Request<proto::CreateRolloutRequest>) -> Result<Response<proto::Rollout>, Status> {
+    async fn create_rollout(
+        &self,
+        request: Request<proto::CreateRolloutRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
         let request = request.into_inner();
         let (spec, plan) = self.validate(request.spec.as_ref()).await?;
         let id = if request.id.is_empty() { new_id(&spec.route) } else { request.id };
@@ -102,7 +112,10 @@ impl Planner for PlannerService {
         Ok(Response::new(self.rollouts.create(spec, &plan, id).await?))
     }
 
-    async fn get_rollout(&self, request: Request<proto::GetRolloutRequest>) -> Result<Response<proto::Rollout>, Status> {
+    async fn get_rollout(
+        &self,
+        request: Request<proto::GetRolloutRequest>,
+    ) -> Result<Response<proto::Rollout>, Status> {
         Ok(Response::new(self.rollouts.get(&request.into_inner().id).await?))
     }
 
@@ -116,7 +129,10 @@ impl Planner for PlannerService {
         }))
     }
 
-    async fn watch_rollout(&self, request: Request<proto::WatchRolloutRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_rollout(
+        &self,
+        request: Request<proto::WatchRolloutRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let id = request.into_inner().id;
         let changes = BroadcastStream::new(self.rollouts.subscribe());
         let current = self.rollouts.get(&id).await?;
@@ -136,11 +152,13 @@ impl Planner for PlannerService {
                     match change {
                         Ok(event) => Some(event),
                         // Fell behind: carry on from the current state.
-                        Err(BroadcastStreamRecvError::Lagged(_)) => rollouts.get(&id).await.ok().map(|rollout| proto::RolloutEvent {
-                            reason: rollout.message.clone(),
-                            from_phase: rollout.phase,
-                            rollout: Some(rollout),
-                        }),
+                        Err(BroadcastStreamRecvError::Lagged(_)) => {
+                            rollouts.get(&id).await.ok().map(|rollout| proto::RolloutEvent {
+                                reason: rollout.message.clone(),
+                                from_phase: rollout.phase,
+                                rollout: Some(rollout),
+                            })
+                        }
                     }
                 }
             })

@@ -32,19 +32,21 @@ pub fn run(store: Store, holder: String, ttl: Duration, shutdown: CancellationTo
                 () = shutdown.cancelled() => break,
             }
             held = match held {
-                Some((token, version)) => match store.put(KEY, holder.clone().into_bytes(), Expect::Version(version), Some(ttl)).await {
-                    Ok(version) => Some((token, version)),
-                    Err(StoreError::Unavailable(reason)) => {
-                        // The lease may still be ours; stop driving anyway, as the store
-                        // cannot record decisions now.
-                        tracing::warn!(%reason, "cannot renew the driver lease");
-                        None
+                Some((token, version)) => {
+                    match store.put(KEY, holder.clone().into_bytes(), Expect::Version(version), Some(ttl)).await {
+                        Ok(version) => Some((token, version)),
+                        Err(StoreError::Unavailable(reason)) => {
+                            // The lease may still be ours; stop driving anyway, as the store
+                            // cannot record decisions now.
+                            tracing::warn!(%reason, "cannot renew the driver lease");
+                            None
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "lost the driver lease");
+                            None
+                        }
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "lost the driver lease");
-                        None
-                    }
-                },
+                }
                 None => match store.put(KEY, holder.clone().into_bytes(), Expect::Absent, Some(ttl)).await {
                     Ok(version) => {
                         tracing::info!(holder, token = version, "took the driver lease");

@@ -179,7 +179,9 @@ fn enter(mut rollout: proto::Rollout, plan: &Plan, index: usize, now: SystemTime
     let waits = step.waits_for_promotion();
     rollout.phase = if waits { Phase::Paused } else { Phase::Progressing }.into();
     rollout.message = match step.kind {
-        StepKind::Gate | StepKind::Pause { duration: None } => format!("step {index}: {}; waiting for Promote", step.description()),
+        StepKind::Gate | StepKind::Pause { duration: None } => {
+            format!("step {index}: {}; waiting for Promote", step.description())
+        }
         _ => format!("step {index}: {}", step.description()),
     };
     let reason = format!("{reason}; {}", rollout.message);
@@ -238,7 +240,8 @@ mod tests {
 
     #[test]
     fn a_rollout_walks_every_step_to_success() {
-        let (plan, _) = plan(&[(5.0, 60), (20.0, 60), (100.0, 60)], proto::FailurePolicy::RollbackToPreviousStage, false);
+        let (plan, _) =
+            plan(&[(5.0, 60), (20.0, 60), (100.0, 60)], proto::FailurePolicy::RollbackToPreviousStage, false);
         let now = SystemTime::now();
         let mut rollout = start(proto::Rollout::default(), &plan, now).rollout;
         assert_eq!((rollout.phase(), rollout.step, canary(&rollout)), (Phase::Progressing, 0, 500));
@@ -254,7 +257,8 @@ mod tests {
 
     #[test]
     fn a_failure_rolls_back_to_the_previous_stage() {
-        let (plan, policy) = plan(&[(5.0, 60), (20.0, 60), (100.0, 60)], proto::FailurePolicy::RollbackToPreviousStage, false);
+        let (plan, policy) =
+            plan(&[(5.0, 60), (20.0, 60), (100.0, 60)], proto::FailurePolicy::RollbackToPreviousStage, false);
         let now = SystemTime::now();
         let mut rollout = start(proto::Rollout::default(), &plan, now).rollout;
         while canary(&rollout) < 2_000 || !plan.step(rollout.step as usize).is_some_and(|s| s.analysis()) {
@@ -272,17 +276,22 @@ mod tests {
     fn the_other_failure_policies_abort_or_hold() {
         let now = SystemTime::now();
         let (plan_abort, abort) = plan(&[(20.0, 60), (100.0, 60)], proto::FailurePolicy::AbortToZero, false);
-        let rollout = advance(&start(proto::Rollout::default(), &plan_abort, now).rollout, &plan_abort, now, "ok".into()).rollout;
+        let rollout =
+            advance(&start(proto::Rollout::default(), &plan_abort, now).rollout, &plan_abort, now, "ok".into()).rollout;
         let aborted = on_verdict(&rollout, &plan_abort, abort, verdict(Outcome::Fail), now).rollout;
         assert_eq!((aborted.phase(), canary(&aborted)), (Phase::RolledBack, 0));
 
         let (plan_hold, hold) = plan(&[(20.0, 60), (100.0, 60)], proto::FailurePolicy::PauseForHuman, false);
-        let rollout = advance(&start(proto::Rollout::default(), &plan_hold, now).rollout, &plan_hold, now, "ok".into()).rollout;
+        let rollout =
+            advance(&start(proto::Rollout::default(), &plan_hold, now).rollout, &plan_hold, now, "ok".into()).rollout;
         let held = on_verdict(&rollout, &plan_hold, hold, verdict(Outcome::Fail), now).rollout;
         assert_eq!((held.phase(), canary(&held)), (Phase::Paused, 2_000));
         let resumed = command(&held, &plan_hold, Command::Resume, "", now).expect("resume").rollout;
         assert_eq!((resumed.phase(), resumed.step), (Phase::Progressing, held.step));
-        assert_eq!(on_verdict(&held, &plan_hold, hold, verdict(Outcome::Inconclusive), now).rollout.phase(), Phase::Paused);
+        assert_eq!(
+            on_verdict(&held, &plan_hold, hold, verdict(Outcome::Inconclusive), now).rollout.phase(),
+            Phase::Paused
+        );
     }
 
     #[test]

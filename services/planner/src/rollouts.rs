@@ -39,7 +39,8 @@ pub struct Rollouts {
 /// A rollout's validated spec and its plan, derived from what is stored.
 pub fn plan_of(rollout: &proto::Rollout) -> Result<(Spec, Plan), Error> {
     let spec = rollout.spec.as_ref().ok_or_else(|| Error::Corrupt(format!("rollout `{}` has no spec", rollout.id)))?;
-    let spec = Spec::from_proto(spec, "spec").map_err(|error| Error::Corrupt(format!("rollout `{}`: {error}", rollout.id)))?;
+    let spec =
+        Spec::from_proto(spec, "spec").map_err(|error| Error::Corrupt(format!("rollout `{}`: {error}", rollout.id)))?;
     let plan = Plan::new(&spec);
     Ok((spec, plan))
 }
@@ -94,14 +95,13 @@ impl Rollouts {
     pub async fn save(&self, transition: Transition) -> Result<proto::Rollout, Error> {
         let mut rollout = transition.rollout;
         let expected = rollout.version;
-        let version = self
-            .store
-            .put(&key(&rollout.id), rollout.encode_to_vec(), Expect::Version(expected), None)
-            .await
-            .map_err(|error| match error {
-                StoreError::Conflict { current, .. } => Error::Conflict { id: rollout.id.clone(), current },
-                other => Error::Store(other),
-            })?;
+        let version =
+            self.store.put(&key(&rollout.id), rollout.encode_to_vec(), Expect::Version(expected), None).await.map_err(
+                |error| match error {
+                    StoreError::Conflict { current, .. } => Error::Conflict { id: rollout.id.clone(), current },
+                    other => Error::Store(other),
+                },
+            )?;
         rollout.version = version;
         if machine::is_terminal(rollout.phase()) {
             let route = rollout.spec.as_ref().map(|spec| spec.route.clone()).unwrap_or_default();
@@ -146,12 +146,10 @@ impl Rollouts {
             let ids: Vec<String> = match change {
                 Ok(Change::Put { key, .. }) => key.strip_prefix(ROLLOUTS).map(str::to_owned).into_iter().collect(),
                 Ok(Change::Deleted { .. }) => Vec::new(),
-                Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    match self.list("", false).await {
-                        Ok(all) => all.into_iter().map(|rollout| rollout.id).collect(),
-                        Err(_) => Vec::new(),
-                    }
-                }
+                Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => match self.list("", false).await {
+                    Ok(all) => all.into_iter().map(|rollout| rollout.id).collect(),
+                    Err(_) => Vec::new(),
+                },
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             for id in ids {
@@ -174,7 +172,8 @@ impl Rollouts {
             *last = rollout.version;
         }
         // Nobody watching is fine.
-        let _ = self.events.send(proto::RolloutEvent { rollout: Some(rollout.clone()), reason, from_phase: from.into() });
+        let _ =
+            self.events.send(proto::RolloutEvent { rollout: Some(rollout.clone()), reason, from_phase: from.into() });
     }
 
     async fn find(&self, id: &str) -> Result<Option<proto::Rollout>, Error> {

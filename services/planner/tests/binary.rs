@@ -12,12 +12,9 @@ async fn serves_health_and_reflection_and_exits_cleanly_on_sigterm() {
     let data = tempfile::tempdir().expect("temp dir");
     let shutdown = CancellationToken::new();
     let store = |name: &str| data.path().join(name).display().to_string();
-    let traffic = ficus_traffic::start(
-        ficus_traffic::Config::ephemeral(store("traffic")),
-        shutdown.clone(),
-    )
-    .await
-    .expect("traffic starts");
+    let traffic = ficus_traffic::start(ficus_traffic::Config::ephemeral(store("traffic")), shutdown.clone())
+        .await
+        .expect("traffic starts");
     let analysis = ficus_analysis::start(
         ficus_analysis::Config::ephemeral(store("analysis"), traffic.grpc_addr.to_string()),
         shutdown.clone(),
@@ -46,7 +43,8 @@ async fn is_alive_but_not_ready_while_its_peers_are_down() {
     ];
     let process = ServiceProcess::spawn(env!("CARGO_BIN_EXE_ficus-planner"), &env);
     let grpc_addr = process.grpc_addr;
-    let status = wait_until(Duration::from_secs(30), || async move { grpc::health(grpc_addr, PLANNER).await.ok() }).await;
+    let status =
+        wait_until(Duration::from_secs(30), || async move { grpc::health(grpc_addr, PLANNER).await.ok() }).await;
     assert_eq!(status, ServingStatus::NotServing);
     let (code, body) = http::get(process.admin_addr, "/readyz").await.expect("readyz answers");
     assert_eq!(code, 503, "{body}");

@@ -17,9 +17,11 @@ const POLICY_ROLLBACK: proto::FailurePolicy = proto::FailurePolicy::RollbackToPr
 async fn passing_stages_promote_to_one_hundred_percent() {
     let peers = Peers::start().await;
     let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
-    let spec = strangler(&[(20.0, secs(2)), (50.0, secs(2)), (100.0, secs(1))], &[(100.0, PASS)], POLICY_ROLLBACK, false);
+    let spec =
+        strangler(&[(20.0, secs(2)), (50.0, secs(2)), (100.0, secs(1))], &[(100.0, PASS)], POLICY_ROLLBACK, false);
     let rollout = create(&mut api, spec).await;
-    let mut events = api.watch_rollout(proto::WatchRolloutRequest { id: rollout.id.clone() }).await.expect("watch").into_inner();
+    let mut events =
+        api.watch_rollout(proto::WatchRolloutRequest { id: rollout.id.clone() }).await.expect("watch").into_inner();
     let mut weights = Vec::new();
     let mut last = None;
     while let Some(event) = tokio::time::timeout(secs(30), events.next()).await.expect("events keep coming") {
@@ -35,7 +37,10 @@ async fn passing_stages_promote_to_one_hundred_percent() {
         assert!(weights.contains(&stage), "stage {stage} seen in {weights:?}");
     }
     ficus_testkit::eventually(secs(5), || async { peers.canary_weight().await == 10_000 }).await;
-    let status = api.promote(proto::PromoteRequest { id: last.id.clone(), ..Default::default() }).await.expect_err("promote a finished rollout");
+    let status = api
+        .promote(proto::PromoteRequest { id: last.id.clone(), ..Default::default() })
+        .await
+        .expect_err("promote a finished rollout");
     assert_eq!(status.code(), Code::FailedPrecondition);
     stop.cancel();
     planner.wait().await.expect("planner stops");
@@ -46,14 +51,25 @@ async fn passing_stages_promote_to_one_hundred_percent() {
 async fn a_failing_stage_rolls_back_to_the_previous_one_within_a_second() {
     let peers = Peers::start().await;
     let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
-    let spec = strangler(&[(20.0, secs(2)), (50.0, secs(30)), (100.0, secs(1))], &[(20.0, PASS), (100.0, FAIL)], POLICY_ROLLBACK, false);
+    let spec = strangler(
+        &[(20.0, secs(2)), (50.0, secs(30)), (100.0, secs(1))],
+        &[(20.0, PASS), (100.0, FAIL)],
+        POLICY_ROLLBACK,
+        false,
+    );
     let rollout = create(&mut api, spec).await;
     let ended = until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::RolledBack).await;
     assert_eq!(ended.weights["k8s"], 2_000, "back at 20%, not 0");
     ficus_testkit::eventually(secs(5), || async { peers.canary_weight().await == 2_000 }).await;
     let verdict = ended.last_verdict.as_ref().expect("the failing verdict is kept");
     assert_eq!(verdict.outcome(), ficus_proto::analysis::v1::Outcome::Fail);
-    let route = peers.traffic_api.clone().get_route(ficus_proto::traffic::v1::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
+    let route = peers
+        .traffic_api
+        .clone()
+        .get_route(ficus_proto::traffic::v1::GetRouteRequest { name: "checkout".into() })
+        .await
+        .expect("route")
+        .into_inner();
     let judged = verdict.judged_at.as_ref().and_then(time::system_time).expect("judged at");
     let applied = route.updated_at.as_ref().and_then(time::system_time).expect("updated at");
     let reaction = applied.duration_since(judged).unwrap_or_default();
@@ -72,7 +88,8 @@ async fn a_failing_stage_rolls_back_to_the_previous_one_within_a_second() {
 async fn abort_to_zero_and_operator_abort_send_everyone_to_stable() {
     let peers = Peers::start().await;
     let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
-    let spec = strangler(&[(20.0, secs(30)), (100.0, secs(1))], &[(100.0, FAIL)], proto::FailurePolicy::AbortToZero, false);
+    let spec =
+        strangler(&[(20.0, secs(30)), (100.0, secs(1))], &[(100.0, FAIL)], proto::FailurePolicy::AbortToZero, false);
     let rollout = create(&mut api, spec).await;
     let ended = until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::RolledBack).await;
     assert_eq!(ended.weights["k8s"], 0);
@@ -82,7 +99,11 @@ async fn abort_to_zero_and_operator_abort_send_everyone_to_stable() {
     let rollout = create(&mut api, spec).await;
     until(&api, &rollout.id, secs(30), |r| r.weights.get("k8s") == Some(&2_000)).await;
     ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 2_000 }).await;
-    let aborted = api.abort(proto::AbortRequest { id: rollout.id.clone(), reason: "drill".into() }).await.expect("abort").into_inner();
+    let aborted = api
+        .abort(proto::AbortRequest { id: rollout.id.clone(), reason: "drill".into() })
+        .await
+        .expect("abort")
+        .into_inner();
     assert_eq!(aborted.phase(), Phase::Aborted);
     ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 0 }).await;
     stop.cancel();
@@ -96,9 +117,16 @@ async fn pause_holds_the_weights_and_resume_carries_on() {
     let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
     let spec = strangler(&[(20.0, secs(2)), (100.0, secs(1))], &[(100.0, PASS)], POLICY_ROLLBACK, false);
     let rollout = create(&mut api, spec).await;
-    let paused = api.pause(proto::PauseRequest { id: rollout.id.clone(), reason: "investigating".into() }).await.expect("pause").into_inner();
+    let paused = api
+        .pause(proto::PauseRequest { id: rollout.id.clone(), reason: "investigating".into() })
+        .await
+        .expect("pause")
+        .into_inner();
     assert_eq!(paused.phase(), Phase::Paused);
-    let status = api.resume(proto::ResumeRequest { id: "checkout-nope".into(), reason: String::new() }).await.expect_err("unknown");
+    let status = api
+        .resume(proto::ResumeRequest { id: "checkout-nope".into(), reason: String::new() })
+        .await
+        .expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
     // Well past the stage's window: a paused rollout does not move.
     tokio::time::sleep(secs(4)).await;
@@ -121,9 +149,14 @@ async fn a_manual_gate_waits_for_promote() {
     let rollout = create(&mut api, spec).await;
     let gated = until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::Paused).await;
     assert_eq!(gated.weights["k8s"], 5_000);
-    let status = api.resume(proto::ResumeRequest { id: rollout.id.clone(), reason: String::new() }).await.expect_err("resume at a gate");
+    let status = api
+        .resume(proto::ResumeRequest { id: rollout.id.clone(), reason: String::new() })
+        .await
+        .expect_err("resume at a gate");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    api.promote(proto::PromoteRequest { id: rollout.id.clone(), full: false, reason: "dashboards look fine".into() }).await.expect("promote");
+    api.promote(proto::PromoteRequest { id: rollout.id.clone(), full: false, reason: "dashboards look fine".into() })
+        .await
+        .expect("promote");
     until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::Succeeded).await;
     ficus_testkit::eventually(secs(5), || async { peers.canary_weight().await == 10_000 }).await;
     stop.cancel();
@@ -167,10 +200,13 @@ async fn bad_specs_and_a_second_rollout_on_a_route_are_refused() {
             .expect_err("bad spec accepted");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert_eq!(invalid_field(&status).as_deref(), Some(field), "{status:?}");
-        let status = api.preview_plan(proto::PreviewPlanRequest { spec: Some(spec) }).await.expect_err("bad spec previewed");
+        let status =
+            api.preview_plan(proto::PreviewPlanRequest { spec: Some(spec) }).await.expect_err("bad spec previewed");
         assert_eq!(invalid_field(&status).as_deref(), Some(field));
     }
-    assert!(api.list_rollouts(proto::ListRolloutsRequest::default()).await.expect("list").into_inner().rollouts.is_empty());
+    assert!(
+        api.list_rollouts(proto::ListRolloutsRequest::default()).await.expect("list").into_inner().rollouts.is_empty()
+    );
 
     let first = create(&mut api, strangler(&[(20.0, secs(60))], &[(100.0, PASS)], POLICY_ROLLBACK, false)).await;
     let status = api
@@ -182,7 +218,11 @@ async fn bad_specs_and_a_second_rollout_on_a_route_are_refused() {
         .expect_err("second active rollout");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains(&first.id), "{}", status.message());
-    let listed = api.list_rollouts(proto::ListRolloutsRequest { route: "checkout".into(), active_only: true }).await.expect("list").into_inner();
+    let listed = api
+        .list_rollouts(proto::ListRolloutsRequest { route: "checkout".into(), active_only: true })
+        .await
+        .expect("list")
+        .into_inner();
     assert_eq!(listed.rollouts.len(), 1);
     stop.cancel();
     planner.wait().await.expect("planner stops");
@@ -193,8 +233,15 @@ async fn bad_specs_and_a_second_rollout_on_a_route_are_refused() {
 async fn a_preview_shows_every_step_and_the_minimum_duration() {
     let peers = Peers::start().await;
     let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
-    let spec = strangler(&[(5.0, secs(60)), (20.0, secs(60)), (100.0, secs(120))], &[(100.0, PASS)], POLICY_ROLLBACK, true);
-    let plan = api.preview_plan(proto::PreviewPlanRequest { spec: Some(spec) }).await.expect("preview").into_inner().plan.expect("plan");
+    let spec =
+        strangler(&[(5.0, secs(60)), (20.0, secs(60)), (100.0, secs(120))], &[(100.0, PASS)], POLICY_ROLLBACK, true);
+    let plan = api
+        .preview_plan(proto::PreviewPlanRequest { spec: Some(spec) })
+        .await
+        .expect("preview")
+        .into_inner()
+        .plan
+        .expect("plan");
     assert_eq!(plan.minimum_duration, Some(secs(240).into()));
     assert!(plan.steps.iter().any(|step| step.gate), "the manual gate is shown");
     assert_eq!(plan.steps.last().map(|step| step.canary_weight), Some(100.0));

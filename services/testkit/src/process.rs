@@ -66,6 +66,13 @@ impl ServiceProcess {
         assert!(status.success(), "kill -TERM {pid} failed: {status}");
     }
 
+    /// Sends SIGKILL, as a crash or an OOM kill would: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Err(error) = self.child.start_kill() {
+            panic!("cannot kill the process: {error}");
+        }
+    }
+
     /// Waits for the process to exit, panicking after `within`.
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         match tokio::time::timeout(within, self.child.wait()).await {
@@ -85,7 +92,10 @@ pub async fn check_binary_lifecycle(binary: &str, service: &str, env: &[(&str, S
         .await
         .unwrap_or_else(|status| panic!("reflection failed: {status}"));
     assert!(services.iter().any(|name| name == service), "{service} missing from reflection: {services:?}");
-    assert!(services.iter().any(|name| name == "grpc.health.v1.Health"), "health missing from reflection: {services:?}");
+    assert!(
+        services.iter().any(|name| name == "grpc.health.v1.Health"),
+        "health missing from reflection: {services:?}"
+    );
     process.terminate();
     let status = process.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{binary} exited with {status} after SIGTERM");

@@ -51,7 +51,9 @@ fn serve_backend(addr: &str) {
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"hello from the backend\n"))))
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        b"hello from the backend\n",
+                    ))))
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -76,13 +78,17 @@ fn loopback() -> SocketAddr {
 
 fn spawn_backend(addr: SocketAddr) -> Killed {
     let exe = std::env::current_exe().expect("own path");
-    let child = Command::new(exe).env(BACKEND_ENV, addr.to_string()).stdout(Stdio::null()).spawn().expect("backend starts");
+    let child =
+        Command::new(exe).env(BACKEND_ENV, addr.to_string()).stdout(Stdio::null()).spawn().expect("backend starts");
     Killed(child)
 }
 
 async fn wait_for_port(addr: SocketAddr) {
-    ficus_testkit::eventually(Duration::from_secs(15), || async move { tokio::net::TcpStream::connect(addr).await.is_ok() })
-        .await;
+    ficus_testkit::eventually(
+        Duration::from_secs(15),
+        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
 }
 
 struct Measured {
@@ -98,7 +104,11 @@ fn wrk(url: &str, duration: &str) -> Measured {
         .expect("wrk runs");
     let text = String::from_utf8_lossy(&output.stdout);
     let field = |prefix: &str| -> Option<String> {
-        text.lines().map(str::trim).find(|line| line.starts_with(prefix)).and_then(|line| line.split_whitespace().nth(1)).map(str::to_owned)
+        text.lines()
+            .map(str::trim)
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .map(str::to_owned)
     };
     let millis = |value: Option<String>| -> f64 {
         let value = value.unwrap_or_default();
@@ -137,7 +147,8 @@ fn two_backend_route(stable: SocketAddr, canary: SocketAddr) -> proto::Route {
 
 fn start_nginx(dir: &std::path::Path, route: &Route, listen: SocketAddr) -> Killed {
     let d = dir.display();
-    let include = render_with(std::slice::from_ref(route), &RenderOptions { listen: vec![listen.to_string()], keepalive: 64 });
+    let include =
+        render_with(std::slice::from_ref(route), &RenderOptions { listen: vec![listen.to_string()], keepalive: 64 });
     std::fs::write(dir.join("ficus.conf"), include).expect("write include");
     let main = format!(
         "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -170,7 +181,8 @@ async fn run() {
     let mut traffic = ServiceProcess::spawn(env!("CARGO_BIN_EXE_ficus-traffic"), &env);
     traffic.wait_serving(ficus_proto::service_names::TRAFFIC, Duration::from_secs(30)).await;
     let route = two_backend_route(stable, canary);
-    let mut api = proto::traffic_control_client::TrafficControlClient::new(ficus_testkit::grpc::channel(traffic.grpc_addr));
+    let mut api =
+        proto::traffic_control_client::TrafficControlClient::new(ficus_testkit::grpc::channel(traffic.grpc_addr));
     api.put_route(proto::PutRouteRequest { route: Some(route.clone()), expected_generation: 0 }).await.expect("route");
 
     let nginx_addr = loopback();

@@ -106,13 +106,18 @@ mod tests {
     fn cohorts_move_one_way_as_the_weight_rises() {
         let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
         let side = |stable: u32| -> Vec<usize> {
-            keys.iter().map(|key| cohort(bucket(key.as_bytes()), &[stable, TOTAL_WEIGHT - stable]).unwrap_or(0)).collect()
+            keys.iter()
+                .map(|key| cohort(bucket(key.as_bytes()), &[stable, TOTAL_WEIGHT - stable]).unwrap_or(0))
+                .collect()
         };
         let at20 = side(8_000);
         let canary = at20.iter().filter(|&&b| b == 1).count();
         assert!((1_900..=2_100).contains(&canary), "{canary} of 10000 users on the canary at 20%");
         let at50 = side(5_000);
-        assert!(at20.iter().zip(&at50).all(|(before, after)| !(*before == 1 && *after == 0)), "a canary user moved back");
+        assert!(
+            at20.iter().zip(&at50).all(|(before, after)| !(*before == 1 && *after == 0)),
+            "a canary user moved back"
+        );
         assert!(side(TOTAL_WEIGHT).iter().all(|&b| b == 0), "at 0% everyone is on stable");
     }
 

@@ -67,7 +67,9 @@ impl TrafficControl for TrafficService {
 
     async fn set_weights(&self, request: Request<proto::SetWeightsRequest>) -> Result<Response<proto::Route>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(self.registry.set_weights(&request.route, &request.weights, request.expected_generation).await?))
+        Ok(Response::new(
+            self.registry.set_weights(&request.route, &request.weights, request.expected_generation).await?,
+        ))
     }
 
     async fn watch_routes(
@@ -94,8 +96,9 @@ impl TrafficControl for TrafficService {
     ) -> Result<Response<proto::TrafficStats>, Status> {
         let request = request.into_inner();
         let table = self.registry.table().load();
-        let active =
-            table.get(&request.route).ok_or_else(|| Status::not_found(format!("route `{}` not found", request.route)))?;
+        let active = table
+            .get(&request.route)
+            .ok_or_else(|| Status::not_found(format!("route `{}` not found", request.route)))?;
         let backends = if request.backends.is_empty() {
             active.route.backends.iter().map(|backend| backend.name.clone()).collect()
         } else {

@@ -6,6 +6,7 @@
 //! - [`table`]: the live route table the data plane reads;
 //! - [`registry`]: routes in the store, followed across replicas;
 //! - [`proxy`]: the embedded HTTP/1.1 and HTTP/2 data plane;
+//! - [`adapters`]: other data planes kept in step with the routes (nginx);
 //! - [`stats`]: request counts and latency histograms over a sliding window;
 //! - [`grpc`]: the `TrafficControl` API on top.
 
@@ -46,6 +47,9 @@ pub struct Config {
     /// How much request history is kept for `GetTrafficStats`.
     #[serde(with = "humantime_serde", default = "default_stats_retention")]
     pub stats_retention: Duration,
+    /// A front nginx to keep in step with the routes, for teams that keep theirs.
+    #[serde(default)]
+    pub nginx: Option<adapters::NginxSettings>,
 }
 
 fn default_stats_retention() -> Duration {
@@ -59,6 +63,7 @@ impl Default for Config {
             store: "data/traffic".into(),
             proxy: ProxyConfig::default(),
             stats_retention: default_stats_retention(),
+            nginx: None,
         }
     }
 }
@@ -105,6 +110,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let table = Arc::new(LiveTable::new(stats.clone()));
     let registry = Registry::open(store.clone(), table.clone()).await?;
     tokio::spawn(registry.clone().follow(shutdown.clone()));
+    if let Some(settings) = &config.nginx {
+        let adapter = Arc::new(adapters::nginx::NginxAdapter::new(settings.into()));
+        tokio::spawn(adapters::follow_nginx(adapter, table.clone(), shutdown.clone()));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.proxy.listen)
         .await

@@ -86,7 +86,11 @@ pub struct Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') { write!(f, "[{}]:{}", self.host, self.port) } else { write!(f, "{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -189,7 +193,10 @@ impl Route {
             let path = format!("{field}.backends[{i}]");
             check_name(&format!("{path}.name"), &backend.name)?;
             if backends.iter().any(|seen: &Backend| seen.name == backend.name) {
-                return Err(InvalidField::new(format!("{path}.name"), format!("duplicate backend name `{}`", backend.name)));
+                return Err(InvalidField::new(
+                    format!("{path}.name"),
+                    format!("duplicate backend name `{}`", backend.name),
+                ));
             }
             if backend.endpoints.is_empty() {
                 return Err(InvalidField::new(format!("{path}.endpoints"), "a backend needs at least one endpoint"));
@@ -224,7 +231,8 @@ impl Route {
             .map(|(i, rule)| built.rule(rule, &format!("{field}.rules[{i}]")))
             .collect::<Result<_, _>>()?;
         built.sticky = sticky(route.sticky.as_ref(), &format!("{field}.sticky"))?;
-        built.mirror = route.mirror.as_ref().map(|mirror| built.mirror(mirror, &format!("{field}.mirror"))).transpose()?;
+        built.mirror =
+            route.mirror.as_ref().map(|mirror| built.mirror(mirror, &format!("{field}.mirror"))).transpose()?;
         Ok(built)
     }
 
@@ -242,7 +250,10 @@ impl Route {
         }
         let total: u64 = aligned.iter().map(|weight| u64::from(*weight)).sum();
         if total != u64::from(TOTAL_WEIGHT) {
-            return Err(InvalidField::new(field, format!("weights sum to {total}; they must sum to {TOTAL_WEIGHT} basis points")));
+            return Err(InvalidField::new(
+                field,
+                format!("weights sum to {total}; they must sum to {TOTAL_WEIGHT} basis points"),
+            ));
         }
         Ok(aligned)
     }
@@ -288,7 +299,10 @@ impl Route {
     pub fn to_proto(&self, updated_at: Option<pbjson_types::Timestamp>) -> proto::Route {
         proto::Route {
             name: self.name.clone(),
-            r#match: Some(proto::RouteMatch { hosts: self.matcher.hosts.clone(), path_prefix: self.matcher.path_prefix.clone() }),
+            r#match: Some(proto::RouteMatch {
+                hosts: self.matcher.hosts.clone(),
+                path_prefix: self.matcher.path_prefix.clone(),
+            }),
             backends: self
                 .backends
                 .iter()
@@ -297,7 +311,12 @@ impl Route {
                     endpoints: backend.endpoints.iter().map(ToString::to_string).collect(),
                 })
                 .collect(),
-            weights: self.backends.iter().zip(&self.weights).map(|(backend, weight)| (backend.name.clone(), *weight)).collect(),
+            weights: self
+                .backends
+                .iter()
+                .zip(&self.weights)
+                .map(|(backend, weight)| (backend.name.clone(), *weight))
+                .collect(),
             rules: self.rules.iter().map(|rule| self.rule_to_proto(rule)).collect(),
             sticky: self.sticky.as_ref().map(|sticky| proto::StickyKey {
                 source: Some(match sticky {
@@ -345,7 +364,10 @@ fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
     if valid {
         Ok(())
     } else {
-        Err(InvalidField::new(field, format!("`{name}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'")))
+        Err(InvalidField::new(
+            field,
+            format!("`{name}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
+        ))
     }
 }
 
@@ -439,7 +461,10 @@ mod tests {
         assert_eq!(refused(&input).field, "route.weights[\"nope\"]");
         let mut input = route();
         input.rules.push(proto::Rule {
-            r#match: Some(proto::rule::Match::Cookie(proto::CookieMatch { name: "canary".into(), value: "always".into() })),
+            r#match: Some(proto::rule::Match::Cookie(proto::CookieMatch {
+                name: "canary".into(),
+                value: "always".into(),
+            })),
             backend: "nope".into(),
         });
         assert_eq!(refused(&input).field, "route.rules[0].backend");

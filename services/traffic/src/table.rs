@@ -204,6 +204,7 @@ impl LiveTable {
         }
         let table = Arc::new(Table::new(by_name));
         self.current.store(table.clone());
-        let _ = self.events.send(proto::RouteEvent { event: Some(proto::route_event::Event::Snapshot(table.snapshot())) });
+        let _ =
+            self.events.send(proto::RouteEvent { event: Some(proto::route_event::Event::Snapshot(table.snapshot())) });
     }
 }

@@ -64,7 +64,8 @@ async fn bad_routes_are_refused_with_the_field_path_and_change_nothing() {
         .expect_err("bad weights accepted");
     assert_eq!(invalid_field(&status).as_deref(), Some("weights"));
 
-    let after = traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
+    let after =
+        traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
     assert_eq!(after, before, "rejected requests changed nothing");
     let listed = traffic.api.list_routes(proto::ListRoutesRequest {}).await.expect("list").into_inner();
     assert_eq!(listed.routes, vec![before]);
@@ -74,8 +75,9 @@ async fn bad_routes_are_refused_with_the_field_path_and_change_nothing() {
 #[tokio::test]
 async fn a_stale_generation_is_aborted_with_the_current_one() {
     let mut traffic = Traffic::start().await;
-    let created =
-        traffic.put(route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 0)).await;
+    let created = traffic
+        .put(route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 0))
+        .await;
     let moved = traffic.set_weights("checkout", &[("stable", 9_500), ("canary", 500)]).await;
     assert!(moved.generation > created.generation, "every change bumps the generation");
     let status = traffic
@@ -91,11 +93,8 @@ async fn a_stale_generation_is_aborted_with_the_current_one() {
     assert_eq!(conflict_version(&status), Some(moved.generation));
     let current = traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route");
     assert_eq!(current.into_inner().weights["canary"], 500, "the losing write changed nothing");
-    let status = traffic
-        .api
-        .get_route(proto::GetRouteRequest { name: "nope".into() })
-        .await
-        .expect_err("unknown route found");
+    let status =
+        traffic.api.get_route(proto::GetRouteRequest { name: "nope".into() }).await.expect_err("unknown route found");
     assert_eq!(status.code(), Code::NotFound);
     traffic.stop().await;
 }
@@ -108,8 +107,9 @@ async fn next(events: &mut tonic::Streaming<proto::RouteEvent>) -> proto::RouteE
 #[tokio::test]
 async fn watching_streams_the_table_then_every_change() {
     let mut traffic = Traffic::start().await;
-    let created =
-        traffic.put(route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 0)).await;
+    let created = traffic
+        .put(route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 0))
+        .await;
     let mut events = traffic.api.watch_routes(proto::WatchRoutesRequest {}).await.expect("watch").into_inner();
     match next(&mut events).await.event {
         Some(proto::route_event::Event::Snapshot(snapshot)) => assert_eq!(snapshot.routes, vec![created]),
@@ -120,7 +120,11 @@ async fn watching_streams_the_table_then_every_change() {
         Some(proto::route_event::Event::Put(route)) => assert_eq!(route, moved),
         other => panic!("expected the change, got {other:?}"),
     }
-    traffic.api.delete_route(proto::DeleteRouteRequest { name: "checkout".into(), expected_generation: 0 }).await.expect("delete");
+    traffic
+        .api
+        .delete_route(proto::DeleteRouteRequest { name: "checkout".into(), expected_generation: 0 })
+        .await
+        .expect("delete");
     match next(&mut events).await.event {
         Some(proto::route_event::Event::Deleted(deleted)) => assert_eq!(deleted.name, "checkout"),
         other => panic!("expected the deletion, got {other:?}"),
@@ -137,9 +141,14 @@ async fn routes_survive_a_restart() {
     assert_ne!(created, moved);
     let data = traffic.stop().await;
     let mut traffic = Traffic::start_in(data).await;
-    let after = traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
+    let after =
+        traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
     assert_eq!(after, moved);
-    assert_eq!(traffic.get("/", &[]).await.backend.as_deref(), Some("canary"), "the data plane follows the stored route");
+    assert_eq!(
+        traffic.get("/", &[]).await.backend.as_deref(),
+        Some("canary"),
+        "the data plane follows the stored route"
+    );
     traffic.stop().await;
 }
 
@@ -157,7 +166,8 @@ async fn a_backend_that_goes_down_gives_502s_counted_against_it_then_recovers() 
         assert_eq!(traffic.get("/", &[]).await.status, 200);
     }
     let canary_addr = canary.stop().await;
-    let statuses: Vec<u16> = futures::future::join_all((0..100).map(|_| traffic.get("/", &[]))).await.iter().map(|a| a.status).collect();
+    let statuses: Vec<u16> =
+        futures::future::join_all((0..100).map(|_| traffic.get("/", &[]))).await.iter().map(|a| a.status).collect();
     assert_eq!(statuses.iter().filter(|status| **status == 502).count(), 50, "every canary request fails as 502");
     let canary = Backend::start_on("canary", canary_addr).await;
     for _ in 0..100 {
@@ -176,7 +186,8 @@ async fn a_backend_that_goes_down_gives_502s_counted_against_it_then_recovers() 
     assert_eq!(stable_stats.responses_by_class.get("2xx"), Some(&150));
     let latency = stable_stats.latency.expect("latency");
     assert!(latency.p50_seconds > 0.0 && latency.p50_seconds <= latency.p99_seconds);
-    let histogram_total: u64 = stable_stats.histogram.as_ref().expect("histogram").buckets.iter().map(|b| b.count).sum();
+    let histogram_total: u64 =
+        stable_stats.histogram.as_ref().expect("histogram").buckets.iter().map(|b| b.count).sum();
     assert_eq!(histogram_total, 150);
     traffic.stop().await;
 }

@@ -112,11 +112,17 @@ async fn header_and_cookie_rules_override_weights() {
             backend: "canary".into(),
         },
         proto::Rule {
-            r#match: Some(proto::rule::Match::Cookie(proto::CookieMatch { name: "canary".into(), value: "always".into() })),
+            r#match: Some(proto::rule::Match::Cookie(proto::CookieMatch {
+                name: "canary".into(),
+                value: "always".into(),
+            })),
             backend: "canary".into(),
         },
         proto::Rule {
-            r#match: Some(proto::rule::Match::Cookie(proto::CookieMatch { name: "canary".into(), value: "never".into() })),
+            r#match: Some(proto::rule::Match::Cookie(proto::CookieMatch {
+                name: "canary".into(),
+                value: "never".into(),
+            })),
             backend: "stable".into(),
         },
     ];

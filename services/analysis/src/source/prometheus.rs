@@ -71,21 +71,35 @@ impl PrometheusSource {
     }
 
     /// Both sides' values of `metric` for `target` over `window`.
-    pub async fn observe(&self, metric: &proto::PrometheusMetric, target: &proto::Target, window: Duration) -> Result<Observed, String> {
+    pub async fn observe(
+        &self,
+        metric: &proto::PrometheusMetric,
+        target: &proto::Target,
+        window: Duration,
+    ) -> Result<Observed, String> {
         Ok(Observed {
             baseline: self.side(metric, &target.route, &target.baseline, window).await?,
             canary: self.side(metric, &target.route, &target.canary, window).await?,
         })
     }
 
-    async fn side(&self, metric: &proto::PrometheusMetric, route: &str, backend: &str, window: Duration) -> Result<Observation, String> {
+    async fn side(
+        &self,
+        metric: &proto::PrometheusMetric,
+        route: &str,
+        backend: &str,
+        window: Duration,
+    ) -> Result<Observation, String> {
         let step = metric.step.and_then(|step| Duration::try_from(step).ok()).filter(|step| !step.is_zero());
         let query = render(&metric.query, route, backend, window);
         let (value, points) = self.query(&metric.address, &query, window, step).await?;
         let samples = if metric.samples_query.is_empty() {
             if step.is_some() { points } else { 0 }
         } else {
-            let samples = self.query(&metric.address, &render(&metric.samples_query, route, backend, window), window, None).await?.0;
+            let samples = self
+                .query(&metric.address, &render(&metric.samples_query, route, backend, window), window, None)
+                .await?
+                .0;
             if !(samples.is_finite() && samples >= 0.0) {
                 return Err(format!("samples query for `{backend}` returned {samples}"));
             }
@@ -103,14 +117,20 @@ impl PrometheusSource {
     }
 
     /// One value (the mean over points for range queries) and the number of points.
-    async fn query(&self, address: &str, query: &str, window: Duration, step: Option<Duration>) -> Result<(f64, u64), String> {
+    async fn query(
+        &self,
+        address: &str,
+        query: &str,
+        window: Duration,
+        step: Option<Duration>,
+    ) -> Result<(f64, u64), String> {
         let base = if address.is_empty() { &self.config.address } else { address };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         let mut request = match step {
-            None => self.http.get(format!("{}/api/v1/query", base.trim_end_matches('/'))).query(&[
-                ("query", query.to_owned()),
-                ("time", format!("{now:.3}")),
-            ]),
+            None => self
+                .http
+                .get(format!("{}/api/v1/query", base.trim_end_matches('/')))
+                .query(&[("query", query.to_owned()), ("time", format!("{now:.3}"))]),
             Some(step) => self.http.get(format!("{}/api/v1/query_range", base.trim_end_matches('/'))).query(&[
                 ("query", query.to_owned()),
                 ("start", format!("{:.3}", now - window.as_secs_f64())),
@@ -133,11 +153,16 @@ impl PrometheusSource {
         let points: Vec<String> = match body.data {
             Some(ApiData::Vector(samples)) => samples.into_iter().map(|sample| sample.value.1).collect(),
             Some(ApiData::Scalar((_, value))) => vec![value],
-            Some(ApiData::Matrix(series)) => series.into_iter().flat_map(|series| series.values).map(|point| point.1).collect(),
+            Some(ApiData::Matrix(series)) => {
+                series.into_iter().flat_map(|series| series.values).map(|point| point.1).collect()
+            }
             Some(ApiData::String(_)) | None => return Err("Prometheus returned no number".to_owned()),
         };
         if step.is_none() && points.len() > 1 {
-            return Err(format!("query `{query}` returned {} series; aggregate it to one (e.g. with sum)", points.len()));
+            return Err(format!(
+                "query `{query}` returned {} series; aggregate it to one (e.g. with sum)",
+                points.len()
+            ));
         }
         let values: Vec<f64> = points.iter().map(|point| point.parse::<f64>().unwrap_or(f64::NAN)).collect();
         if values.is_empty() {

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-pub use self::readiness::Dependency;
 use self::observe::{CallMetrics, ObserveLayer};
+pub use self::readiness::Dependency;
 use crate::config::ConfigError;
 
 /// How often dependencies are probed to keep gRPC health current.

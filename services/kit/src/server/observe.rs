@@ -111,7 +111,8 @@ where
             rpc.system = "grpc",
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        let parent = global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(request.headers())));
+        let parent =
+            global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(request.headers())));
         // A missing or malformed traceparent leaves the span a root; nothing to report.
         let _ = span.set_parent(parent);
         let started = Instant::now();

@@ -509,7 +509,6 @@ fn glob_escape(text: &str) -> String {
     escaped
 }
 
-
 /// Follows the namespace's change channel (and Redis' expired-key events) on a dedicated
 /// pub/sub connection and forwards changes to the watchers, re-subscribing after the
 /// connection drops.

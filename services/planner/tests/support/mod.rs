@@ -35,7 +35,10 @@ impl Peers {
         .await
         .expect("traffic starts");
         let analysis = ficus_analysis::start(
-            ficus_analysis::Config::ephemeral(data.path().join("analysis").display().to_string(), traffic.grpc_addr.to_string()),
+            ficus_analysis::Config::ephemeral(
+                data.path().join("analysis").display().to_string(),
+                traffic.grpc_addr.to_string(),
+            ),
             shutdown.clone(),
         )
         .await
@@ -50,14 +53,21 @@ impl Peers {
             weights: HashMap::from([("legacy".to_owned(), 10_000), ("k8s".to_owned(), 0)]),
             ..Default::default()
         };
-        traffic_api.put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 }).await.expect("route");
+        traffic_api
+            .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
+            .await
+            .expect("route");
         Self { shutdown, traffic, analysis, traffic_api, data }
     }
 
     /// A planner in this process on `store`.
     pub async fn planner(&self, store: &str) -> (Running, PlannerClient<Channel>, CancellationToken) {
         let shutdown = CancellationToken::new();
-        let config = ficus_planner::Config::ephemeral(store, self.traffic.grpc_addr.to_string(), self.analysis.grpc_addr.to_string());
+        let config = ficus_planner::Config::ephemeral(
+            store,
+            self.traffic.grpc_addr.to_string(),
+            self.analysis.grpc_addr.to_string(),
+        );
         let running = ficus_planner::start(config, shutdown.clone()).await.expect("planner starts");
         let api = PlannerClient::new(ficus_testkit::grpc::channel(running.grpc_addr));
         (running, api, shutdown)
@@ -65,7 +75,12 @@ impl Peers {
 
     /// The canary's weight on traffic now, in basis points.
     pub async fn canary_weight(&self) -> u32 {
-        let route = self.traffic_api.clone().get_route(traffic::GetRouteRequest { name: "checkout".into() }).await.expect("route");
+        let route = self
+            .traffic_api
+            .clone()
+            .get_route(traffic::GetRouteRequest { name: "checkout".into() })
+            .await
+            .expect("route");
         route.into_inner().weights.get("k8s").copied().unwrap_or(0)
     }
 
@@ -110,7 +125,10 @@ pub fn strangler(
         stable_backend: "legacy".into(),
         canary_backend: "k8s".into(),
         strategy: Some(proto::rollout_spec::Strategy::Strangler(proto::StranglerStrategy {
-            stages: stages.iter().map(|(weight, window)| proto::Stage { weight: *weight, window: Some((*window).into()) }).collect(),
+            stages: stages
+                .iter()
+                .map(|(weight, window)| proto::Stage { weight: *weight, window: Some((*window).into()) })
+                .collect(),
             window: None,
         })),
         analysis: Some(proto::AnalysisSpec {
@@ -131,7 +149,10 @@ pub fn strangler(
 }
 
 pub async fn create(api: &mut PlannerClient<Channel>, spec: proto::RolloutSpec) -> proto::Rollout {
-    api.create_rollout(proto::CreateRolloutRequest { spec: Some(spec), id: String::new() }).await.expect("rollout created").into_inner()
+    api.create_rollout(proto::CreateRolloutRequest { spec: Some(spec), id: String::new() })
+        .await
+        .expect("rollout created")
+        .into_inner()
 }
 
 /// Waits until the rollout satisfies `done`, returning it.

@@ -26,9 +26,9 @@ pub(super) fn backend(active: &ActiveRoute, headers: &HeaderMap) -> Option<Choic
     let route = &active.route;
     for rule in &route.rules {
         let matched = match &rule.matcher {
-            RuleMatch::Header { name, value } => headers.get_all(name).iter().any(|header| {
-                header.to_str().is_ok_and(|header| value.matches(header))
-            }),
+            RuleMatch::Header { name, value } => {
+                headers.get_all(name).iter().any(|header| header.to_str().is_ok_and(|header| value.matches(header)))
+            }
             RuleMatch::Cookie { name, value } => cookie(headers, name).is_some_and(|found| found == value),
         };
         if matched {

@@ -50,9 +50,11 @@ pub(super) async fn forward(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
-    let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-    });
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()));
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, client, host.as_deref());
     if let Some(authority) = authority {
@@ -80,7 +82,8 @@ pub(super) async fn forward(
     parts.uri = uri;
     let recorder = &active.recorders[backend];
     let started = Instant::now();
-    match tokio::time::timeout(proxy.config.request_timeout, proxy.client.request(Request::from_parts(parts, body))).await
+    match tokio::time::timeout(proxy.config.request_timeout, proxy.client.request(Request::from_parts(parts, body)))
+        .await
     {
         Ok(Ok(response)) => {
             recorder.record(Outcome::Status(response.status().as_u16()), started.elapsed());
@@ -104,7 +107,9 @@ pub(super) async fn forward(
 /// buffered, and buffering an unbounded stream would hold the real request hostage.
 fn mirrorable(headers: &HeaderMap, max_bytes: u64) -> bool {
     match headers.get(header::CONTENT_LENGTH) {
-        Some(length) => length.to_str().ok().and_then(|length| length.parse::<u64>().ok()).is_some_and(|n| n <= max_bytes),
+        Some(length) => {
+            length.to_str().ok().and_then(|length| length.parse::<u64>().ok()).is_some_and(|n| n <= max_bytes)
+        }
         None => !headers.contains_key(header::TRANSFER_ENCODING),
     }
 }
@@ -177,7 +182,8 @@ mod tests {
         headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
         headers.insert("x-private", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        headers
+            .insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("traceparent"), "trace context passes through");

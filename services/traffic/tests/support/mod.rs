@@ -60,7 +60,11 @@ impl Traffic {
     }
 
     pub async fn put(&mut self, route: proto::Route) -> proto::Route {
-        self.api.put_route(proto::PutRouteRequest { route: Some(route), expected_generation: 0 }).await.expect("route accepted").into_inner()
+        self.api
+            .put_route(proto::PutRouteRequest { route: Some(route), expected_generation: 0 })
+            .await
+            .expect("route accepted")
+            .into_inner()
     }
 
     pub async fn set_weights(&mut self, route: &str, weights: &[(&str, u32)]) -> proto::Route {

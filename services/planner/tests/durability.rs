@@ -1,0 +1,131 @@
+//! A planner never loses its place: killed with SIGKILL mid-stage it resumes at the same
+//! step, and with two replicas on Redis exactly one drives and the other takes over.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use ficus_kit::store::Store;
+use ficus_proto::{
+    planner::v1::{self as proto, Phase, planner_client::PlannerClient},
+    service_names::PLANNER,
+    traffic::v1 as traffic,
+};
+use ficus_testkit::{RedisServer, ServiceProcess, wait_until};
+use futures::StreamExt;
+use support::{PASS, Peers, create, secs, strangler, until};
+
+/// Records every canary weight traffic applies, in order.
+fn record_weights(peers: &Peers) -> Arc<Mutex<Vec<u32>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut api = peers.traffic_api.clone();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let Ok(events) = api.watch_routes(traffic::WatchRoutesRequest {}).await else { return };
+        let mut events = events.into_inner();
+        while let Some(Ok(event)) = events.next().await {
+            if let Some(traffic::route_event::Event::Put(route)) = event.event
+                && let Ok(mut seen) = record.lock()
+            {
+                seen.push(route.weights.get("k8s").copied().unwrap_or(0));
+            }
+        }
+    });
+    seen
+}
+
+fn planner_process(peers: &Peers, store: &str, name: &str) -> ServiceProcess {
+    let env = [
+        ("FICUS_STORE", store.to_owned()),
+        ("FICUS_TRAFFIC", peers.traffic.grpc_addr.to_string()),
+        ("FICUS_ANALYSIS", peers.analysis.grpc_addr.to_string()),
+        ("FICUS_LEASE_TTL", "2s".to_owned()),
+        ("HOSTNAME", name.to_owned()),
+    ];
+    ServiceProcess::spawn(env!("CARGO_BIN_EXE_ficus-planner"), &env)
+}
+
+fn client(process: &ServiceProcess) -> PlannerClient<tonic::transport::Channel> {
+    PlannerClient::new(ficus_testkit::grpc::channel(process.grpc_addr))
+}
+
+#[tokio::test]
+async fn a_planner_killed_mid_stage_resumes_at_the_same_step() {
+    let peers = Peers::start().await;
+    let weights = record_weights(&peers);
+    let store = peers.data.path().join("planner").display().to_string();
+    let mut first = planner_process(&peers, &store, "first");
+    first.wait_serving(PLANNER, secs(30)).await;
+    let mut api = client(&first);
+    let spec =
+        strangler(&[(20.0, secs(2)), (50.0, secs(6)), (100.0, secs(1))], &[(100.0, PASS)], support_policy(), false);
+    let rollout = create(&mut api, spec).await;
+    let mid =
+        until(&api, &rollout.id, secs(30), |r| r.weights.get("k8s") == Some(&5_000) && r.last_verdict.is_some()).await;
+
+    first.kill();
+    first.wait_exit(secs(10)).await;
+    let mut second = planner_process(&peers, &store, "second");
+    second.wait_serving(PLANNER, secs(30)).await;
+    let api = client(&second);
+    let resumed = api
+        .clone()
+        .get_rollout(proto::GetRolloutRequest { id: rollout.id.clone() })
+        .await
+        .expect("rollout")
+        .into_inner();
+    assert_eq!(resumed.step, mid.step, "resumed at the step it was killed in");
+    let done = until(&api, &rollout.id, secs(40), |r| r.phase() == Phase::Succeeded).await;
+    assert_eq!(done.weights["k8s"], 10_000);
+    ficus_testkit::eventually(secs(5), || async { peers.canary_weight().await == 10_000 }).await;
+    let seen = weights.lock().expect("weights").clone();
+    assert!(seen.windows(2).all(|pair| pair[0] <= pair[1]), "no stage repeated or skipped back: {seen:?}");
+    assert_eq!(seen.iter().filter(|w| **w == 2_000).count(), 1, "20% applied once: {seen:?}");
+    second.terminate();
+    second.wait_exit(secs(20)).await;
+    peers.stop().await;
+}
+
+fn support_policy() -> proto::FailurePolicy {
+    proto::FailurePolicy::RollbackToPreviousStage
+}
+
+async fn lease_holder(store: &Store) -> Option<String> {
+    store.get("lease/driver").await.ok().flatten().map(|entry| String::from_utf8_lossy(&entry.value).into_owned())
+}
+
+#[tokio::test]
+async fn with_two_replicas_on_redis_one_drives_and_the_other_takes_over() {
+    let redis = RedisServer::new();
+    let peers = Peers::start().await;
+    let mut replicas =
+        vec![planner_process(&peers, &redis.url(), "replica-a"), planner_process(&peers, &redis.url(), "replica-b")];
+    for replica in &mut replicas {
+        replica.wait_serving(PLANNER, secs(30)).await;
+    }
+    let store = Store::open(&redis.url(), "planner").await.expect("store");
+    let leader = wait_until(secs(15), || async { lease_holder(&store).await }).await;
+    let (leading, other) = if leader.starts_with("replica-a") { (0, 1) } else { (1, 0) };
+
+    // Created through the replica that does not drive: it is still driven, by the leader.
+    let mut api = client(&replicas[other]);
+    let spec =
+        strangler(&[(20.0, secs(2)), (50.0, secs(30)), (100.0, secs(1))], &[(100.0, PASS)], support_policy(), false);
+    let rollout = create(&mut api, spec).await;
+    until(&api, &rollout.id, secs(30), |r| r.weights.get("k8s") == Some(&5_000)).await;
+    assert_eq!(lease_holder(&store).await.as_deref(), Some(leader.as_str()), "one replica holds the lease throughout");
+
+    replicas[leading].kill();
+    replicas[leading].wait_exit(secs(10)).await;
+    let taken = wait_until(secs(10), || async { lease_holder(&store).await.filter(|holder| *holder != leader) }).await;
+    assert!(taken.starts_with(if other == 0 { "replica-a" } else { "replica-b" }), "{taken}");
+    // The survivor carries on: promote past the long stage and watch it finish.
+    api.promote(proto::PromoteRequest { id: rollout.id.clone(), full: false, reason: String::new() })
+        .await
+        .expect("promote");
+    until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::Succeeded).await;
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 10_000 }).await;
+    replicas[other].terminate();
+    replicas[other].wait_exit(secs(20)).await;
+    peers.stop().await;
+}
