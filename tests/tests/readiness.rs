@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use ficus_kit::server::{Running, ServerConfig};
+use ficus_kit::server::Running;
 use ficus_proto::service_names::{PLANNER, TRAFFIC};
 use ficus_testkit::{ServiceProcess, free_port, grpc, http, wait_until};
 use tokio_util::sync::CancellationToken;
@@ -30,12 +30,11 @@ async fn the_planner_is_ready_only_while_traffic_answers() {
     .await
     .expect("analysis starts");
     let planner = ficus_planner::start(
-        ficus_planner::Config {
-            server: ServerConfig::ephemeral(),
-            store: data.path().join("planner").display().to_string(),
-            traffic: traffic_addr.to_string(),
-            analysis: analysis.grpc_addr.to_string(),
-        },
+        ficus_planner::Config::ephemeral(
+            data.path().join("planner").display().to_string(),
+            traffic_addr.to_string(),
+            analysis.grpc_addr.to_string(),
+        ),
         shutdown.clone(),
     )
     .await
