@@ -2,8 +2,9 @@
 //!
 //! A run's definition and latest verdict are written to the store on every judgement, so
 //! `GetRun` answers after a restart and a run still going when the service stopped
-//! resumes where it was. Its statistical state starts afresh on resume, which only makes
-//! the next judgements more conservative.
+//! resumes where it was. Its sequential test starts afresh on resume: each restart of a
+//! running run opens a new test, which can add up to another alpha of false-failure risk
+//! for that run.
 
 use std::{
     collections::HashMap,
@@ -80,7 +81,10 @@ impl Runs {
         let (template_proto, template) = request::template(request.template.as_ref(), "template")?;
         let window = request::positive(request.window.as_ref(), "window")?.unwrap_or(request::DEFAULT_ANALYZE_WINDOW);
         let observed = self.sources.observe(&target, &template_proto.checks, window).await;
-        Ok(Judge::new(template, Some(1)).judge(&observed, SystemTime::now()))
+        let mut verdict = Judge::new(template, Some(1)).judge(&observed, SystemTime::now());
+        // A one-shot judgement belongs to no run.
+        verdict.sequence = 0;
+        Ok(verdict)
     }
 
     /// Starts a run, or returns the one already started with the same id.

@@ -101,6 +101,7 @@ async fn traffic_statistics_pass_a_healthy_canary_and_fail_a_faulty_one() {
     plane.send(400).await;
     let verdict = plane.api.analyze(analyze(Some(error_rate_checks()))).await.expect("verdict").into_inner();
     assert_eq!(verdict.outcome(), proto::Outcome::Pass, "{verdict:#?}");
+    assert_eq!(verdict.sequence, 0, "a one-shot judgement belongs to no run");
     let check = &verdict.checks[0];
     assert_eq!((check.baseline_samples, check.canary_samples), (200, 200));
 

@@ -320,6 +320,13 @@ impl Drive {
                 }
                 event = changes.recv() => match event {
                     Ok(event) if event.rollout.as_ref().is_some_and(|r| r.id == self.id && r.version > current.version) => {
+                        let left = event.rollout.as_ref().is_some_and(|r| r.step != current.step || r.phase() != Phase::Progressing);
+                        if left {
+                            // Promoted, paused or aborted by an operator: this step's run is over.
+                            let analysis = self.peers.analysis.clone();
+                            let run_id = run_id.clone();
+                            tokio::spawn(async move { stop_run(&analysis, &run_id).await });
+                        }
                         return Next::Reload;
                     }
                     Ok(_) => {}

@@ -123,7 +123,7 @@ async fn with_two_replicas_on_redis_one_drives_and_the_other_takes_over() {
     api.promote(proto::PromoteRequest { id: rollout.id.clone(), full: false, reason: String::new() })
         .await
         .expect("promote");
-    until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::Succeeded).await;
+    until(&api, &rollout.id, secs(60), |r| r.phase() == Phase::Succeeded).await;
     ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 10_000 }).await;
     replicas[other].terminate();
     replicas[other].wait_exit(secs(20)).await;

@@ -38,6 +38,9 @@ pub struct ActiveRoute {
     pub weighted: Mutex<SmoothWeighted>,
     /// Next endpoint per backend, round-robin.
     next_endpoint: Vec<AtomicUsize>,
+    /// Each backend's endpoints as URI authorities, parsed once per generation rather
+    /// than formatted on every request.
+    authorities: Vec<Vec<http::uri::Authority>>,
     /// Share accumulator for mirroring exactly `basis_points` of requests.
     mirror_credit: AtomicU32,
     /// Where each backend's requests are counted.
@@ -48,21 +51,34 @@ impl ActiveRoute {
     fn new(route: Route, updated_at: Option<pbjson_types::Timestamp>, stats: &Stats) -> Self {
         let recorders = route.backends.iter().map(|backend| stats.recorder(&route.name, &backend.name)).collect();
         let next_endpoint = route.backends.iter().map(|_| AtomicUsize::new(0)).collect();
+        let authorities = route
+            .backends
+            .iter()
+            .map(|backend| {
+                backend
+                    .endpoints
+                    .iter()
+                    .filter_map(|endpoint| http::uri::Authority::try_from(endpoint.to_string()).ok())
+                    .collect()
+            })
+            .collect();
         Self {
             route,
             updated_at,
             weighted: Mutex::new(SmoothWeighted::default()),
             next_endpoint,
+            authorities,
             mirror_credit: AtomicU32::new(0),
             recorders,
         }
     }
 
-    /// The next endpoint of `backend`, rotating through its endpoints.
-    pub fn endpoint(&self, backend: usize) -> &crate::route::Endpoint {
-        let endpoints = &self.route.backends[backend].endpoints;
+    /// The next endpoint of `backend` as a URI authority, rotating through its endpoints;
+    /// `None` only if an endpoint could not be expressed as one (validation prevents it).
+    pub fn endpoint(&self, backend: usize) -> Option<&http::uri::Authority> {
+        let endpoints = &self.authorities[backend];
         let turn = self.next_endpoint[backend].fetch_add(1, Ordering::Relaxed);
-        &endpoints[turn % endpoints.len()]
+        endpoints.get(turn % endpoints.len().max(1))
     }
 
     /// Whether this request is copied to the mirror: exactly `basis_points` of every

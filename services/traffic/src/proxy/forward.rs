@@ -61,7 +61,7 @@ pub(super) async fn forward(
         parts.headers.insert(header::HOST, authority);
     }
     parts.version = http::Version::HTTP_11;
-    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str()).to_owned();
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     let body = match active.take_mirror_turn() {
         Some(shadow) if mirrorable(&parts.headers, proxy.config.max_mirror_body_bytes) => {
@@ -75,10 +75,10 @@ pub(super) async fn forward(
         }
         _ => body.boxed(),
     };
-    let endpoint = active.endpoint(backend).to_string();
-    let Ok(uri) = Uri::try_from(format!("http://{endpoint}{path}")) else {
-        return plain(StatusCode::BAD_REQUEST, "the request path cannot be forwarded\n");
+    let Some(uri) = upstream_uri(active, backend, path) else {
+        return plain(StatusCode::BAD_GATEWAY, "the backend has no usable endpoint\n");
     };
+    let endpoint = uri.authority().cloned();
     parts.uri = uri;
     let recorder = &active.recorders[backend];
     let started = Instant::now();
@@ -93,7 +93,7 @@ pub(super) async fn forward(
         }
         Ok(Err(error)) => {
             recorder.record(Outcome::ConnectionError, started.elapsed());
-            tracing::debug!(%error, %endpoint, "upstream request failed");
+            tracing::debug!(%error, ?endpoint, "upstream request failed");
             plain(StatusCode::BAD_GATEWAY, "the backend could not be reached\n")
         }
         Err(_) => {
@@ -101,6 +101,15 @@ pub(super) async fn forward(
             plain(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n")
         }
     }
+}
+
+/// `http://<next endpoint of backend><path>`, built from parsed parts without formatting.
+fn upstream_uri(active: &ActiveRoute, backend: usize, path: http::uri::PathAndQuery) -> Option<Uri> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(active.endpoint(backend)?.clone());
+    uri.path_and_query = Some(path);
+    Uri::from_parts(uri).ok()
 }
 
 /// Only requests whose whole body is known to be small are copied: the copy must be
@@ -116,9 +125,15 @@ fn mirrorable(headers: &HeaderMap, max_bytes: u64) -> bool {
 
 /// Sends a copy to the shadow backend in the background; its response is discarded and
 /// never delays the real one, but it is counted so the shadow can be judged too.
-fn mirror(proxy: &Proxy, active: &ActiveRoute, shadow: usize, parts: &http::request::Parts, path: &str, body: Bytes) {
-    let endpoint = active.endpoint(shadow).to_string();
-    let Ok(uri) = Uri::try_from(format!("http://{endpoint}{path}")) else { return };
+fn mirror(
+    proxy: &Proxy,
+    active: &ActiveRoute,
+    shadow: usize,
+    parts: &http::request::Parts,
+    path: &http::uri::PathAndQuery,
+    body: Bytes,
+) {
+    let Some(uri) = upstream_uri(active, shadow, path.clone()) else { return };
     let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(http::Version::HTTP_11);
     if let Some(headers) = builder.headers_mut() {
         headers.clone_from(&parts.headers);
