@@ -2,6 +2,10 @@
 
 use std::process::ExitCode;
 
+/// A proxy and its control plane allocate per request; mimalloc keeps that cheap under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     ficus_kit::main("planner", ficus_planner::start)
 }

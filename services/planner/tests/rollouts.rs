@@ -249,3 +249,23 @@ async fn a_preview_shows_every_step_and_the_minimum_duration() {
     planner.wait().await.expect("planner stops");
     peers.stop().await;
 }
+
+#[tokio::test]
+async fn without_analysis_the_rollout_holds_its_weights_and_says_why() {
+    let peers = Peers::start().await;
+    let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
+    let spec = strangler(&[(20.0, secs(3)), (100.0, secs(1))], &[(100.0, PASS)], POLICY_ROLLBACK, false);
+    let rollout = create(&mut api, spec).await;
+    until(&api, &rollout.id, secs(30), |r| r.weights.get("k8s") == Some(&2_000) && r.last_verdict.is_some()).await;
+    peers.analysis_shutdown.cancel();
+    let held = until(&api, &rollout.id, secs(30), |r| r.message.contains("analysis unavailable")).await;
+    assert_eq!(held.phase(), Phase::Progressing);
+    // Well past the stage's window: no promotion without a verdict.
+    tokio::time::sleep(secs(4)).await;
+    let still = api.get_rollout(proto::GetRolloutRequest { id: rollout.id.clone() }).await.expect("get").into_inner();
+    assert_eq!((still.step, still.weights["k8s"]), (held.step, 2_000));
+    assert_eq!(peers.canary_weight().await, 2_000);
+    stop.cancel();
+    planner.wait().await.expect("planner stops");
+    peers.stop().await;
+}

@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 /// Traffic and analysis, the services a planner drives.
 pub struct Peers {
     pub shutdown: CancellationToken,
+    /// Stops analysis alone, to play an outage.
+    pub analysis_shutdown: CancellationToken,
     pub traffic: Running,
     pub analysis: Running,
     pub traffic_api: TrafficControlClient<Channel>,
@@ -34,12 +36,13 @@ impl Peers {
         )
         .await
         .expect("traffic starts");
+        let analysis_shutdown = shutdown.child_token();
         let analysis = ficus_analysis::start(
             ficus_analysis::Config::ephemeral(
                 data.path().join("analysis").display().to_string(),
                 traffic.grpc_addr.to_string(),
             ),
-            shutdown.clone(),
+            analysis_shutdown.clone(),
         )
         .await
         .expect("analysis starts");
@@ -57,7 +60,7 @@ impl Peers {
             .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
             .await
             .expect("route");
-        Self { shutdown, traffic, analysis, traffic_api, data }
+        Self { shutdown, analysis_shutdown, traffic, analysis, traffic_api, data }
     }
 
     /// A planner in this process on `store`.
