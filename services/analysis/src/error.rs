@@ -1,6 +1,6 @@
 //! The analysis service's errors and, in one place, their gRPC statuses.
 
-use ficus_kit::{status, status::InvalidField, store::StoreError};
+use ficus_kit::{status::InvalidField, store::StoreError};
 use tonic::Status;
 
 /// Why an analysis operation failed. A metric source failing is not one of these: it
@@ -30,9 +30,7 @@ impl From<Error> for Status {
             Error::Invalid(invalid) => invalid.into(),
             Error::NotFound(_) => Status::not_found(error.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(error.to_string()),
-            Error::Store(StoreError::Unavailable(reason)) => status::unavailable("store", reason),
-            Error::Store(StoreError::Conflict { current, .. }) => status::version_conflict(error.to_string(), current),
-            Error::Store(StoreError::Invalid(_)) => Status::internal(error.to_string()),
+            Error::Store(error) => error.into(),
             Error::Corrupt(_) => Status::data_loss(error.to_string()),
         }
     }

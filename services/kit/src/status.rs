@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 
 use tonic::{Code, Status};
+
+use crate::store::StoreError;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The `ErrorInfo` domain of every ficus error.
@@ -32,6 +34,44 @@ impl InvalidField {
 impl From<InvalidField> for Status {
     fn from(invalid: InvalidField) -> Self {
         invalid_argument(&invalid.field, invalid.reason)
+    }
+}
+
+/// Longest name that fits a DNS label, as Kubernetes object names must.
+const MAX_NAME_LEN: usize = 63;
+
+/// Checks that `name` is a DNS label (1-63 lowercase letters, digits or '-', not starting
+/// or ending with '-'), the form of every ficus route, backend and rollout name, so names
+/// carry over unchanged to Kubernetes objects, nginx upstreams and metric labels.
+pub fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
+    if name.is_empty() {
+        return Err(InvalidField::new(field, "required"));
+    }
+    let valid = name.len() <= MAX_NAME_LEN
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!("`{name}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
+        ))
+    }
+}
+
+/// The status of a store failure: UNAVAILABLE while the backend is down, ABORTED with
+/// the current version on a lost compare-and-set, INTERNAL otherwise.
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(reason) => unavailable("store", reason),
+            StoreError::Conflict { ref key, current } => {
+                version_conflict(format!("{key} changed concurrently"), current)
+            }
+            StoreError::Invalid(reason) => Status::internal(format!("store: {reason}")),
+        }
     }
 }
 

@@ -51,9 +51,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
             Error::Conflict { current, .. } => status::version_conflict(error.to_string(), current),
             Error::Unavailable { service, reason } => status::unavailable(service, reason),
-            Error::Store(StoreError::Unavailable(reason)) => status::unavailable("store", reason),
-            Error::Store(StoreError::Conflict { current, .. }) => status::version_conflict(error.to_string(), current),
-            Error::Store(StoreError::Invalid(_)) => Status::internal(error.to_string()),
+            Error::Store(error) => error.into(),
             Error::Corrupt(_) => Status::data_loss(error.to_string()),
         }
     }

@@ -21,6 +21,7 @@
 use std::time::Duration;
 
 pub use ficus_kit::status::InvalidField;
+use ficus_kit::status::check_name;
 use ficus_proto::{analysis::v1::AnalysisTemplate, planner::v1 as proto};
 
 pub use ficus_proto::planner::v1::FailurePolicy;
@@ -46,9 +47,6 @@ pub const MAX_RETENTION: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 
 /// Time between analysis judgements when the spec sets none.
 pub const DEFAULT_ANALYSIS_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Longest route or backend name: a DNS label, as the traffic service requires.
-const MAX_NAME_LEN: usize = 63;
 
 /// A validated rollout spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -362,24 +360,6 @@ fn positive(duration: Option<&pbjson_types::Duration>, field: &str) -> Result<Op
         .filter(|duration| !duration.is_zero())
         .map(Some)
         .ok_or_else(|| InvalidField::new(field, "must be a positive duration"))
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
-    if name.is_empty() {
-        return Err(InvalidField::new(field, "required"));
-    }
-    let valid = name.len() <= MAX_NAME_LEN
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if valid {
-        Ok(())
-    } else {
-        Err(InvalidField::new(
-            field,
-            format!("`{name}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
-        ))
-    }
 }
 
 #[cfg(test)]

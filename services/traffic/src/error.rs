@@ -44,11 +44,7 @@ impl From<Error> for Status {
             Error::Invalid(invalid) => invalid.into(),
             Error::NotFound(_) => Status::not_found(error.to_string()),
             Error::Conflict { current, .. } => status::version_conflict(error.to_string(), current),
-            Error::Store(StoreError::Unavailable(reason)) => status::unavailable("store", reason),
-            Error::Store(StoreError::Conflict { key, current }) => {
-                status::version_conflict(format!("{key} changed concurrently"), current)
-            }
-            Error::Store(StoreError::Invalid(reason)) => Status::internal(reason),
+            Error::Store(error) => error.into(),
             Error::Corrupt { .. } => Status::data_loss(error.to_string()),
             Error::Serve(_) => Status::internal(error.to_string()),
         }

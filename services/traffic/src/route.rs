@@ -8,15 +8,13 @@
 use std::{collections::HashMap, fmt};
 
 pub use ficus_kit::status::InvalidField;
+use ficus_kit::status::check_name;
 use ficus_proto::traffic::v1 as proto;
 use http::HeaderName;
 use regex::Regex;
 
 /// Total of a route's weights: weights are basis points.
 pub const TOTAL_WEIGHT: u32 = 10_000;
-
-/// Longest route or backend name: it must fit a DNS label, as Kubernetes object names do.
-const MAX_NAME_LEN: usize = 63;
 
 /// A validated route.
 #[derive(Clone, Debug)]
@@ -353,22 +351,6 @@ impl Route {
 /// The pattern a user wrote, from the anchored form kept internally.
 fn unanchor(pattern: &str) -> &str {
     pattern.strip_prefix("^(?:").and_then(|rest| rest.strip_suffix(")$")).unwrap_or(pattern)
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if valid {
-        Ok(())
-    } else {
-        Err(InvalidField::new(
-            field,
-            format!("`{name}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
-        ))
-    }
 }
 
 fn check_cookie_name(field: &str, name: &str) -> Result<(), InvalidField> {
