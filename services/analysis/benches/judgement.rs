@@ -17,6 +17,14 @@
 //! seconds (default 1800). "FAIL runs" is the share of runs failed within the horizon (for
 //! rows without a regression, the false-failure rate); times are medians over the runs
 //! that failed; "never" means no run failed.
+//!
+//! The 1000 req/s, 5% canary, error rate x2 row is close to what any test that keeps alpha
+//! can do: the canary sees 50 requests and half an error a second, against 0.3 a second on
+//! the statistical check's null boundary. On the same traffic (simulated outside this
+//! benchmark), a sequential probability ratio test told the true effect in advance, which no
+//! real test is, fails it after a median of 60 to 65 s at the check's alpha / 3, the mixture
+//! after about 75 s; only a larger share of alpha for that check would be faster, at the
+//! other checks' expense.
 
 #[path = "../tests/support/traffic.rs"]
 mod traffic;

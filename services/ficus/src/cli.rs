@@ -4,22 +4,43 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::up;
+use crate::{
+    commands::{self, Operation},
+    up,
+};
 
 /// ficus moves production traffic from an old environment to a new one in observed,
 /// reversible stages.
 #[derive(Debug, Parser)]
-#[command(name = "ficus", version, about, long_about = None)]
+#[command(
+    name = "ficus",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  ficus up\n  ficus route apply -f examples/route.yaml\n  ficus plan preview -f examples/strangler.yaml\n  ficus rollout apply -f examples/strangler.yaml --id checkout-migration\n  ficus rollout watch checkout-migration\n  FICUS_PLANNER_ADDR=planner.internal:7001 ficus rollout list --active -o json"
+)]
 pub struct Cli {
     /// Configuration file (TOML); default `ficus.toml` if present.
     #[arg(long, global = true, value_name = "FILE", env = "FICUS_CONFIG")]
     config: Option<PathBuf>,
+    /// Service addresses and output format of the operator commands.
+    #[command(flatten)]
+    globals: crate::commands::Globals,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Watch a whole migration, end to end, in about two minutes.
+    ///
+    /// Starts the control plane embedded, two small applications (legacy v1 and new v2,
+    /// sharing sessions through the session store) behind the traffic proxy, and a population
+    /// of users with stable ids. A strangler migration moves them 5/20/50/80/100% to v2,
+    /// judged at every stage; then a second release of v2 turns faulty after its 20% stage
+    /// and is rolled back automatically. Exits non-zero if a promise in the summary breaks.
+    #[command(after_help = "Examples:\n  ficus demo\n  ficus demo --users 50 --stage-window 3s --fault-percent 20")]
+    Demo(crate::demo::DemoOptions),
     /// Run every service in this process with embedded storage.
     ///
     /// Each service keeps its state in its own directory under the data directory and
@@ -34,6 +55,24 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "data")]
         data_dir: PathBuf,
     },
+    /// Start, follow and steer rollouts (planner).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  ficus rollout apply -f examples/strangler.yaml --id checkout-v2\n  ficus rollout watch checkout-v2\n  ficus rollout promote checkout-v2\n  ficus rollout abort checkout-v2 --reason \"errors in checkout\""
+    )]
+    Rollout(crate::commands::rollout::RolloutCommand),
+    /// Preview the steps of a rollout spec (planner).
+    #[command(subcommand, after_help = "Examples:\n  ficus plan preview -f examples/canary.yaml")]
+    Plan(crate::commands::plan::PlanCommand),
+    /// Create and read routes, and set their weights by hand (traffic).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  ficus route apply -f examples/route.yaml\n  ficus route list\n  ficus route set-weights checkout legacy=9500 k8s=500"
+    )]
+    Route(crate::commands::route::RouteCommand),
+    /// Read user sessions (sessions).
+    #[command(subcommand, after_help = "Examples:\n  ficus session get \"$SESSION_ID\"")]
+    Session(crate::commands::session::SessionCommand),
 }
 
 impl Cli {
@@ -41,6 +80,22 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Up { data_dir } => up::main(self.config.as_deref(), &data_dir),
+            Command::Demo(options) => demo_main(options),
+            Command::Rollout(command) => commands::main(&self.globals, Operation::Rollout(command)),
+            Command::Plan(command) => commands::main(&self.globals, Operation::Plan(command)),
+            Command::Route(command) => commands::main(&self.globals, Operation::Route(command)),
+            Command::Session(command) => commands::main(&self.globals, Operation::Session(command)),
         }
     }
+}
+
+/// `ficus demo` as a process: quiet logs, live progress, the summary, and exit 1 when a
+/// promise broke.
+fn demo_main(options: crate::demo::DemoOptions) -> ExitCode {
+    let telemetry = ficus_kit::telemetry::TelemetryConfig { log_level: "warn".into(), ..Default::default() };
+    ficus_kit::run("ficus demo", &telemetry, |_shutdown| async move {
+        let summary = crate::demo::run(options).await.map_err(|error| error.to_string())?;
+        println!("{summary}");
+        if summary.promises_kept() { Ok(()) } else { Err("a promise of the demo broke".to_owned()) }
+    })
 }

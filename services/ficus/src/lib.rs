@@ -2,4 +2,9 @@
 //! drive exactly what users run.
 
 pub mod cli;
+pub mod commands;
+pub mod demo;
+pub mod output;
+pub mod spec_file;
 pub mod up;
+pub mod watch;

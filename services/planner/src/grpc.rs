@@ -23,6 +23,9 @@ use crate::{
     spec::Spec,
 };
 
+/// How often an operator's command is re-applied after losing a race with the driver.
+const COMMAND_ATTEMPTS: usize = 5;
+
 /// Longest caller-chosen rollout id.
 const MAX_ID_LEN: usize = 128;
 
@@ -66,12 +69,21 @@ impl PlannerService {
         Ok((spec.clone(), Plan::new(&validated)))
     }
 
+    /// Applies an operator's command to the rollout as it is now. The driver records a
+    /// verdict every interval, so a lost compare-and-set is retried on a fresh read rather
+    /// than handed to the operator.
     async fn command(&self, id: &str, command: Command, why: &str) -> Result<proto::Rollout, Error> {
-        let rollout = self.rollouts.get(id).await?;
-        let (_, plan) = plan_of(&rollout)?;
-        let transition = machine::command(&rollout, &plan, command, why, SystemTime::now())
-            .map_err(|illegal| Error::FailedPrecondition(illegal.0))?;
-        self.rollouts.save(transition).await
+        let mut attempts = COMMAND_ATTEMPTS;
+        loop {
+            let rollout = self.rollouts.get(id).await?;
+            let (_, plan) = plan_of(&rollout)?;
+            let transition = machine::command(&rollout, &plan, command, why, SystemTime::now())
+                .map_err(|illegal| Error::FailedPrecondition(illegal.0))?;
+            match self.rollouts.save(transition).await {
+                Err(Error::Conflict { .. }) if attempts > 1 => attempts -= 1,
+                result => return result,
+            }
+        }
     }
 }
 

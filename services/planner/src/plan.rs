@@ -151,9 +151,11 @@ impl Plan {
         let mut builder = Builder { spec, steps: Vec::new(), weight: 0 };
         match &spec.strategy {
             Strategy::Strangler(stages) => {
-                let analysis = spec.analysis.is_some();
                 for stage in stages {
                     builder.set_weight(stage.weight);
+                    // At 100% the old environment gets no traffic left to compare with: the
+                    // last stage is observed (and can still be aborted) but not judged.
+                    let analysis = spec.analysis.is_some() && stage.weight < FULL_WEIGHT;
                     builder.observe(stage.window, analysis, None);
                 }
             }

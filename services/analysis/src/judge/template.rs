@@ -173,6 +173,12 @@ impl Template {
 
     /// The false-failure rate each tested check may spend over a run: alpha split evenly
     /// (Bonferroni), so that over all checks a healthy canary fails a run at most alpha.
+    ///
+    /// Evenly rather than weighted by rule type: any weights fixed before the data would be
+    /// as valid, but they only move speed from one check to another (a check's time to fail
+    /// grows with `ln(1 / share)`), and a template says nothing about which of its checks
+    /// should catch a regression first. Weights chosen from the data, such as no share for a
+    /// check whose value is far from its bound, would not be valid at all.
     pub fn check_alpha(&self) -> f64 {
         self.alpha / self.tested_checks().max(1) as f64
     }

@@ -91,7 +91,9 @@ fn strangler_windows_are_analysed_when_the_spec_has_analysis() {
     let plan = plan_of(&spec);
     assert_eq!(plan.steps()[1].description(), "observe 24h with analysis");
     let observed: Vec<_> = plan.steps().iter().filter(|step| step.analysis()).map(template_name).collect();
-    assert_eq!(observed, [Some("strict"), Some("strict"), Some("default"), Some("default"), Some("default")]);
+    assert_eq!(observed, [Some("strict"), Some("strict"), Some("default"), Some("default")]);
+    let last = plan.steps().last().expect("steps");
+    assert_eq!(last.description(), "observe 24h", "at 100% there is no old side left to compare with");
     assert!(plan.steps().iter().filter(|step| !step.analysis()).all(|step| step.template.is_none()));
 }
 

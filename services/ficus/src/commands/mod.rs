@@ -1,0 +1,295 @@
+//! The operator commands: `ficus rollout`, `plan`, `route` and `session`, each a thin
+//! client of one service's gRPC API.
+//!
+//! Every command is a plain async function from its parsed arguments to output written on
+//! a `Write`, so tests can call them without a process; [`main`] is the process around them:
+//! a runtime, standard output, one line on standard error and the exit code on failure.
+//!
+//! Exit codes: 0 on success; 1 when a server refused or could not be reached, or a watched
+//! rollout ended badly; 2 when the input is wrong (arguments, a spec file, or a spec the
+//! planner refuses as INVALID_ARGUMENT).
+
+pub mod plan;
+pub mod rollout;
+pub mod route;
+pub mod session;
+
+use std::{
+    error::Error as _,
+    io::{self, IsTerminal, Write},
+    process::ExitCode,
+    time::Duration,
+};
+
+use ficus_kit::client::{self, TracedChannel};
+use tonic::{Code, Status};
+
+use crate::{output::Format, spec_file::SpecError};
+
+/// How long one call may take before the command gives up; streams (`rollout watch`) are
+/// only bounded until their first response.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the services are and how to print, shared by every operator command.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Globals {
+    /// Planner gRPC address (`host:port` or `http://host:port`).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "ADDR",
+        env = "FICUS_PLANNER_ADDR",
+        default_value = "127.0.0.1:7001"
+    )]
+    pub planner: String,
+    /// Traffic gRPC address.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "ADDR",
+        env = "FICUS_TRAFFIC_ADDR",
+        default_value = "127.0.0.1:7003"
+    )]
+    pub traffic: String,
+    /// Sessions gRPC address.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "ADDR",
+        env = "FICUS_SESSIONS_ADDR",
+        default_value = "127.0.0.1:7004"
+    )]
+    pub sessions: String,
+    /// Output: human tables, or the proto3 JSON mapping as JSON or YAML.
+    #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// The service a command talks to, named in errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// `ficus.planner.v1.Planner`.
+    Planner,
+    /// `ficus.traffic.v1.TrafficControl`.
+    Traffic,
+    /// `ficus.sessions.v1.SessionStore`.
+    Sessions,
+}
+
+impl Service {
+    /// Its name in messages: `the planner at ...`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Planner => "planner",
+            Self::Traffic => "traffic service",
+            Self::Sessions => "session store",
+        }
+    }
+}
+
+/// One service's address and a lazily connecting channel to it.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// Which service.
+    pub service: Service,
+    /// Its address as given.
+    pub address: String,
+    /// The channel; nothing is dialled until the first call.
+    pub channel: TracedChannel,
+}
+
+impl Remote {
+    /// A channel to `service` at `address`.
+    pub fn connect(service: Service, address: &str) -> Result<Self, CliError> {
+        let channel = client::connect(address, CALL_TIMEOUT)
+            .map_err(|error| CliError::Usage(format!("--{}: {error}", flag(service))))?;
+        Ok(Self { service, address: address.to_owned(), channel })
+    }
+
+    /// The error for a failed call: unreachable when the status never came from the server.
+    pub fn error(&self, status: Status) -> CliError {
+        // A status decoded from the server's response has no source; one made up by the
+        // client from a connect, transport or timeout failure carries that failure.
+        if status.source().is_some() {
+            return CliError::Unreachable {
+                service: self.service,
+                address: self.address.clone(),
+                reason: innermost(&status),
+            };
+        }
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::InvalidArgument => {
+                let message = match ficus_kit::status::invalid_field(&status) {
+                    Some(field) if !message.starts_with(&field) => format!("{field}: {message}"),
+                    _ => message,
+                };
+                CliError::Invalid(message)
+            }
+            _ if message.is_empty() => {
+                CliError::Server(format!("{} answered {:?}", self.service.name(), status.code()))
+            }
+            _ => CliError::Server(message),
+        }
+    }
+}
+
+fn flag(service: Service) -> &'static str {
+    match service {
+        Service::Planner => "planner",
+        Service::Traffic => "traffic",
+        Service::Sessions => "sessions",
+    }
+}
+
+/// The most specific message in a client-side failure, e.g. `Connection refused (os error
+/// 111)` rather than tonic's `transport error`.
+fn innermost(status: &Status) -> String {
+    let mut reason = status.message().to_owned();
+    let mut source = status.source();
+    while let Some(error) = source {
+        let text = error.to_string();
+        if !text.is_empty() {
+            reason = text;
+        }
+        source = error.source();
+    }
+    reason
+}
+
+/// Why a command failed; each variant has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The service could not be reached at all (exit 1).
+    #[error("cannot reach the {} at {address}: {reason}", service.name())]
+    Unreachable {
+        /// Which service.
+        service: Service,
+        /// The address tried.
+        address: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// The server answered with an error (exit 1).
+    #[error("{0}")]
+    Server(String),
+    /// The server refused the request as INVALID_ARGUMENT, naming the field (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// The spec file is unreadable or malformed (exit 2).
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// An argument is malformed (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A watched rollout ended rolled back, aborted or failed (exit 1).
+    #[error("rollout `{id}` ended {phase}: {message}")]
+    RolloutEnded {
+        /// The rollout.
+        id: String,
+        /// Its final phase, as the API names it.
+        phase: &'static str,
+        /// Why, as the planner put it.
+        message: String,
+    },
+    /// Standard output could not be written (exit 1).
+    #[error("cannot write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Invalid(_) | Self::Spec(_) | Self::Usage(_) => 2,
+            Self::Unreachable { .. } | Self::Server(_) | Self::RolloutEnded { .. } | Self::Output(_) => 1,
+        }
+    }
+}
+
+/// One operator command, parsed.
+#[derive(Debug)]
+pub enum Operation {
+    /// `ficus rollout ...`.
+    Rollout(rollout::RolloutCommand),
+    /// `ficus plan ...`.
+    Plan(plan::PlanCommand),
+    /// `ficus route ...`.
+    Route(route::RouteCommand),
+    /// `ficus session ...`.
+    Session(session::SessionCommand),
+}
+
+/// What a command may know about where its output goes.
+#[derive(Clone, Copy, Debug)]
+pub struct Terminal {
+    /// Whether standard output is a terminal, so a live view can redraw in place.
+    pub interactive: bool,
+}
+
+/// Runs `operation` with `globals`, writing to `out`.
+pub async fn run(
+    globals: &Globals,
+    operation: Operation,
+    out: &mut (dyn Write + Send),
+    terminal: Terminal,
+) -> Result<(), CliError> {
+    match operation {
+        Operation::Rollout(command) => rollout::run(globals, command, out, terminal).await,
+        Operation::Plan(command) => plan::run(globals, command, out).await,
+        Operation::Route(command) => route::run(globals, command, out).await,
+        Operation::Session(command) => session::run(globals, command, out).await,
+    }
+}
+
+/// An operator command as a process: prints to standard output, reports a failure as one
+/// line on standard error, and turns it into the exit code.
+pub fn main(globals: &Globals, operation: Operation) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ficus: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let terminal = Terminal { interactive: io::stdout().is_terminal() };
+    let mut out = io::stdout();
+    let result = runtime.block_on(run(globals, operation, &mut out, terminal)).and_then(|()| Ok(out.flush()?));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`ficus rollout list | head -1`): nothing left to say.
+        Err(CliError::Output(error)) if error.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ficus: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn server_statuses_keep_their_message_and_field() {
+        let remote = Remote::connect(Service::Planner, "127.0.0.1:1").expect("address");
+        let error = remote.error(Status::not_found("rollout `x` not found"));
+        assert_eq!((error.to_string(), error.exit_code()), ("rollout `x` not found".to_owned(), 1));
+        let error = remote.error(ficus_kit::status::invalid_argument("spec.route", "required"));
+        assert_eq!((error.to_string(), error.exit_code()), ("spec.route: required".to_owned(), 2));
+    }
+
+    #[test]
+    fn unreachable_names_the_service_and_address() {
+        let error = CliError::Unreachable {
+            service: Service::Planner,
+            address: "127.0.0.1:7001".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(error.to_string(), "cannot reach the planner at 127.0.0.1:7001: connection refused");
+        assert_eq!(error.exit_code(), 1);
+    }
+}

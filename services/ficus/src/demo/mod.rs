@@ -1,0 +1,328 @@
+//! `ficus demo`: a whole migration, end to end, in one process.
+//!
+//! The control plane starts embedded, with two small applications behind the traffic
+//! proxy: the legacy `v1` and the new `v2`, both keeping sessions in the session store. A
+//! population of users with stable ids browses through the proxy while a strangler
+//! migration moves them 5, 20, 50, 80, 100% to `v2`, judged at every stage. Then a second
+//! migration starts, `v2` turns faulty after its 20% stage, and the planner rolls it back
+//! on the analysis verdict. The summary checks the promises: no user lost a session, no
+//! user moved back while the weight only rose, the migration finished, the bad release
+//! was rolled back.
+
+mod app;
+mod population;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use ficus_kit::{client::TracedChannel, server::ServerConfig};
+use ficus_proto::{
+    analysis::v1 as analysis,
+    planner::v1::{self as planner, Phase, planner_client::PlannerClient},
+    traffic::v1::{self as traffic, traffic_control_client::TrafficControlClient},
+};
+use ficus_sessions_client::SessionClient;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub use self::population::{Observed, SideCounts};
+use self::{app::App, population::Population};
+use crate::up::{Configs, ControlPlane};
+
+/// How the demo runs; every pace and fault can be changed.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DemoOptions {
+    /// Synthetic users browsing through the proxy.
+    #[arg(long, default_value_t = 200)]
+    pub users: usize,
+    /// Requests per second of each user.
+    #[arg(long, default_value_t = 4.0)]
+    pub rate: f64,
+    /// Observation window of every stage.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
+    pub stage_window: Duration,
+    /// Share of `v2`'s answers that fail once it turns faulty, in percent.
+    #[arg(long, default_value_t = 8.0)]
+    pub fault_percent: f64,
+    /// Where the control plane keeps its state; a temporary directory by default.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self { users: 200, rate: 4.0, stage_window: Duration::from_secs(8), fault_percent: 8.0, data_dir: None }
+    }
+}
+
+/// What happened, and whether the promises held.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// How the first migration ended.
+    pub migration: Phase,
+    /// How long the first migration took.
+    pub migration_time: Duration,
+    /// How the faulty release's migration ended.
+    pub faulty: Phase,
+    /// The canary weight the faulty release was rolled back to, in basis points.
+    pub rolled_back_to: u32,
+    /// From turning `v2` faulty to traffic's weights rolled back.
+    pub fault_to_rollback: Option<Duration>,
+    /// What the users saw.
+    pub observed: Observed,
+}
+
+impl Summary {
+    /// Whether every promise of the demo held.
+    pub fn promises_kept(&self) -> bool {
+        self.migration == Phase::Succeeded
+            && self.faulty == Phase::RolledBack
+            && self.observed.lost_sessions == 0
+            && self.observed.flips == 0
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.observed;
+        writeln!(f, "\nficus demo summary")?;
+        writeln!(f, "  migration legacy -> new:      {} in {:.0?}", self.migration.as_str_name(), self.migration_time)?;
+        writeln!(
+            f,
+            "  faulty release:               {}, back to {}%{}",
+            self.faulty.as_str_name(),
+            self.rolled_back_to / 100,
+            self.fault_to_rollback.map(|d| format!(", {d:.1?} from the fault to the rollback")).unwrap_or_default()
+        )?;
+        writeln!(f, "  requests on legacy (v1):      {} ({} errors)", o.legacy.requests, o.legacy.errors)?;
+        writeln!(f, "  requests on new (v2):         {} ({} errors)", o.new.requests, o.new.errors)?;
+        writeln!(f, "  users who lost their session: {}", o.lost_sessions)?;
+        writeln!(f, "  users who flipped sides while the weight only rose: {}", o.flips)?;
+        write!(f, "  promises {}", if self.promises_kept() { "kept" } else { "BROKEN" })
+    }
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The control plane did not start.
+    #[error(transparent)]
+    Up(#[from] crate::up::UpError),
+    /// A demo application did not start.
+    #[error("demo application: {0}")]
+    App(#[from] std::io::Error),
+    /// A call to the control plane failed.
+    #[error("{0}")]
+    Call(String),
+    /// The data directory could not be made.
+    #[error("data directory: {0}")]
+    DataDir(String),
+}
+
+fn call(what: &str) -> impl Fn(tonic::Status) -> DemoError + '_ {
+    move |status| DemoError::Call(format!("{what}: {}", status.message()))
+}
+
+/// Runs the demo, printing progress to stdout, and returns its summary.
+pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
+    let temp = tempfile::tempdir().map_err(|error| DemoError::DataDir(error.to_string()))?;
+    let data = options.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let shutdown = CancellationToken::new();
+    let result = run_in(&options, &data, shutdown.clone()).await;
+    shutdown.cancel();
+    result
+}
+
+async fn run_in(
+    options: &DemoOptions,
+    data: &std::path::Path,
+    shutdown: CancellationToken,
+) -> Result<Summary, DemoError> {
+    let store = |name: &str| data.join(name).display().to_string();
+    let mut traffic_config = ficus_traffic::Config::ephemeral(store("traffic"));
+    traffic_config.stats_retention = Duration::from_secs(600);
+    let configs = Configs {
+        sessions: ficus_sessions::Config {
+            server: ServerConfig::ephemeral(),
+            store: store("sessions"),
+            ..Default::default()
+        },
+        traffic: traffic_config,
+        analysis: ficus_analysis::Config::ephemeral(store("analysis"), "127.0.0.1:7003"),
+        planner: ficus_planner::Config::ephemeral(store("planner"), "127.0.0.1:7003", "127.0.0.1:7002"),
+    };
+    let plane = ControlPlane::start(configs, shutdown.clone()).await?;
+    let proxy = plane.traffic.addr(ficus_traffic::DATA_PLANE).ok_or_else(|| DemoError::Call("no data plane".into()))?;
+    let connect = |addr: std::net::SocketAddr| {
+        ficus_kit::client::connect(&addr.to_string(), Duration::from_secs(10))
+            .map_err(|e| DemoError::Call(e.to_string()))
+    };
+    let mut traffic_api = TrafficControlClient::new(connect(plane.traffic.grpc_addr)?);
+    let mut planner_api = PlannerClient::new(connect(plane.planner.grpc_addr)?);
+    let sessions = SessionClient::connect_lazy(&format!("http://{}", plane.sessions.grpc_addr))
+        .map_err(|error| DemoError::Call(error.to_string()))?;
+    let (_v1, v1_addr) = App::start("v1", sessions.clone(), shutdown.clone()).await?;
+    let (v2, v2_addr) = App::start("v2", sessions, shutdown.clone()).await?;
+    println!("control plane up; legacy v1 on {v1_addr}, new v2 on {v2_addr}, proxy on {proxy}");
+
+    let route = traffic::Route {
+        name: "shop".into(),
+        backends: vec![
+            traffic::Backend { name: "legacy".into(), endpoints: vec![v1_addr.to_string()] },
+            traffic::Backend { name: "new".into(), endpoints: vec![v2_addr.to_string()] },
+        ],
+        weights: HashMap::from([("legacy".to_owned(), 10_000), ("new".to_owned(), 0)]),
+        sticky: Some(traffic::StickyKey {
+            source: Some(traffic::sticky_key::Source::Header(population::USER_HEADER.into())),
+        }),
+        ..Default::default()
+    };
+    traffic_api
+        .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
+        .await
+        .map_err(call("route"))?;
+
+    let stages = 5 * 2 + 4;
+    let limit = options.stage_window * stages + Duration::from_secs(120);
+    let users = Population::start(proxy, options.users, options.rate, limit);
+    println!("{} users browsing at {}/s each\n", options.users, options.rate);
+
+    println!("migration 1: legacy -> new, stages 5/20/50/80/100%, {:?} each", options.stage_window);
+    let started = Instant::now();
+    let id = create(&mut planner_api, options.stage_window, "migration").await?;
+    let migration = follow(&mut planner_api, &id, |_| {}).await?;
+    let migration_time = started.elapsed();
+
+    // A new release of v2 goes out: traffic back on legacy, then a fresh migration.
+    // Answers to requests in flight across the reset say nothing about sides: an epoch
+    // before and after it discards them.
+    users.set_rising(false);
+    users.forget_sides();
+    let weights = HashMap::from([("legacy".to_owned(), 10_000), ("new".to_owned(), 0)]);
+    traffic_api
+        .set_weights(traffic::SetWeightsRequest { route: "shop".into(), weights, expected_generation: 0 })
+        .await
+        .map_err(call("reset weights"))?;
+    users.forget_sides();
+    users.set_rising(true);
+    println!(
+        "\nmigration 2: a new release of v2 that turns faulty ({}% errors) after its 20% stage",
+        options.fault_percent
+    );
+    let id = create(&mut planner_api, options.stage_window, "faulty-release").await?;
+    let mut fault_at = None;
+    let fault = (options.fault_percent * 10.0).round().clamp(0.0, 1000.0) as u32;
+    let faulty = follow(&mut planner_api, &id, |rollout| {
+        if fault_at.is_none() && rollout.weights.get("new").copied().unwrap_or(0) > 2_000 {
+            v2.set_fault(fault);
+            users.set_rising(false);
+            fault_at = Some(Instant::now());
+            println!("  v2 is now faulty");
+        }
+    })
+    .await?;
+    let rolled_back_at = Instant::now();
+    let rolled_back_to = planner_api
+        .get_rollout(planner::GetRolloutRequest { id: id.clone() })
+        .await
+        .map_err(call("get rollout"))?
+        .into_inner()
+        .weights
+        .get("new")
+        .copied()
+        .unwrap_or(0);
+    let observed = users.stop().await;
+    Ok(Summary {
+        migration,
+        migration_time,
+        faulty,
+        rolled_back_to,
+        fault_to_rollback: fault_at.map(|at| rolled_back_at.duration_since(at)),
+        observed,
+    })
+}
+
+/// Starts a strangler migration of route `shop` with the demo's checks.
+async fn create(api: &mut PlannerClient<TracedChannel>, window: Duration, name: &str) -> Result<String, DemoError> {
+    let spec = planner::RolloutSpec {
+        route: "shop".into(),
+        stable_backend: "legacy".into(),
+        canary_backend: "new".into(),
+        strategy: Some(planner::rollout_spec::Strategy::Strangler(planner::StranglerStrategy {
+            stages: vec![],
+            window: Some(window.into()),
+        })),
+        analysis: Some(planner::AnalysisSpec {
+            template: Some(checks()),
+            interval: Some(Duration::from_secs(1).into()),
+            stage_templates: vec![],
+        }),
+        failure_policy: planner::FailurePolicy::RollbackToPreviousStage.into(),
+        manual_gate: false,
+        scaling: None,
+    };
+    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let request = planner::CreateRolloutRequest { spec: Some(spec), id: format!("{name}-{suffix}") };
+    Ok(api.create_rollout(request).await.map_err(call("create rollout"))?.into_inner().id)
+}
+
+/// The seed's error-rate rules: above 1% fails, and significantly above the baseline fails.
+fn checks() -> analysis::AnalysisTemplate {
+    let error_rate = || analysis::Metric {
+        source: Some(analysis::metric::Source::Builtin(analysis::BuiltinMetric {
+            kind: analysis::builtin_metric::Kind::ErrorRate.into(),
+            quantile: None,
+        })),
+    };
+    analysis::AnalysisTemplate {
+        checks: vec![
+            analysis::Check {
+                name: "error-rate".into(),
+                metric: Some(error_rate()),
+                rule: Some(analysis::check::Rule::Threshold(analysis::Threshold { max: Some(0.01), min: None })),
+                critical: true,
+                ..Default::default()
+            },
+            analysis::Check {
+                name: "error-rate-vs-baseline".into(),
+                metric: Some(error_rate()),
+                rule: Some(analysis::check::Rule::Statistical(analysis::Statistical { margin: 0.005 })),
+                critical: true,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+/// Prints every transition of rollout `id` until it ends; `on_event` sees each state.
+async fn follow(
+    api: &mut PlannerClient<TracedChannel>,
+    id: &str,
+    mut on_event: impl FnMut(&planner::Rollout),
+) -> Result<Phase, DemoError> {
+    let mut events = api
+        .watch_rollout(planner::WatchRolloutRequest { id: id.to_owned() })
+        .await
+        .map_err(call("watch rollout"))?
+        .into_inner();
+    let mut last = Phase::Unspecified;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(call("watch rollout"))?;
+        let Some(rollout) = event.rollout else { continue };
+        on_event(&rollout);
+        let new = rollout.weights.get("new").copied().unwrap_or(0);
+        let verdict = rollout
+            .last_verdict
+            .as_ref()
+            .map(|v| format!(" | verdict {} ({:.0})", v.outcome().as_str_name(), v.score))
+            .unwrap_or_default();
+        println!("  [{:>10}] new {:>3}% | {}{verdict}", rollout.phase().as_str_name(), new / 100, event.reason);
+        last = rollout.phase();
+    }
+    Ok(last)
+}
