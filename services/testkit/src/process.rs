@@ -14,6 +14,9 @@ use crate::{free_port, grpc, wait_until};
 /// A running service binary on free loopback ports, killed when dropped.
 pub struct ServiceProcess {
     child: Child,
+    binary: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     /// Its gRPC address.
     pub grpc_addr: SocketAddr,
     /// Its admin HTTP address.
@@ -29,23 +32,30 @@ impl ServiceProcess {
 
     /// Like [`ServiceProcess::spawn`], with command-line arguments.
     pub fn spawn_with_args(binary: &str, args: &[&str], env: &[(&str, String)]) -> Self {
-        let grpc_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .env("FICUS_SERVER__GRPC_ADDR", grpc_addr.to_string())
-            .env("FICUS_SERVER__ADMIN_ADDR", admin_addr.to_string())
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let child = command.spawn().unwrap_or_else(|error| panic!("cannot start {binary}: {error}"));
-        Self { child, grpc_addr, admin_addr }
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(key, value)| ((*key).to_owned(), value.clone())).collect();
+        let (child, grpc_addr, admin_addr) = start(binary, &args, &env);
+        Self { child, binary: binary.to_owned(), args, env, grpc_addr, admin_addr }
     }
 
-    /// Waits until `service` reports SERVING, panicking after `within`.
+    /// Waits until `service` reports SERVING, panicking after `within`. A process that
+    /// exits first (its free port was taken in between) is started again on new ports, a
+    /// few times.
     pub async fn wait_serving(&mut self, service: &str, within: Duration) {
-        Self::wait_serving_at(self.grpc_addr, service, within).await;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut restarts = 3;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(restarts > 0, "{} exited with {status} before serving", self.binary);
+                restarts -= 1;
+                (self.child, self.grpc_addr, self.admin_addr) = start(&self.binary, &self.args, &self.env);
+            }
+            if matches!(grpc::health(self.grpc_addr, service).await, Ok(ServingStatus::Serving)) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{service} not serving after {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until `service` at `addr` reports SERVING, panicking after `within`.
@@ -81,6 +91,22 @@ impl ServiceProcess {
             Err(_) => panic!("the process did not exit within {within:?}"),
         }
     }
+}
+
+/// Starts `binary` on fresh loopback ports.
+fn start(binary: &str, args: &[String], env: &[(String, String)]) -> (Child, SocketAddr, SocketAddr) {
+    let grpc_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .env("FICUS_SERVER__GRPC_ADDR", grpc_addr.to_string())
+        .env("FICUS_SERVER__ADMIN_ADDR", admin_addr.to_string())
+        .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let child = command.spawn().unwrap_or_else(|error| panic!("cannot start {binary}: {error}"));
+    (child, grpc_addr, admin_addr)
 }
 
 /// What every service binary promises: it starts, reports `service` SERVING, lists it
