@@ -21,6 +21,7 @@ use rand::RngCore;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     error::Error,
@@ -178,7 +179,8 @@ impl Runs {
         });
         self.active.lock().insert(run.id.clone(), active.clone());
         let runs = self.clone();
-        tokio::spawn(async move { runs.drive(active, spec).await });
+        // The run's judgements belong to the trace of the call that started it.
+        tokio::spawn(async move { runs.drive(active, spec).await }.in_current_span());
     }
 
     async fn drive(self, active: Arc<Active>, spec: RunSpec) {

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::{
     error::Error,
@@ -137,9 +138,32 @@ enum Next {
 impl Drive {
     async fn run(self) {
         let mut changes = self.rollouts.subscribe();
+        // One trace per stage: every pass at the same weights (applying them, starting the
+        // stage's analysis, acting on its verdicts) runs in the same span, so the calls to
+        // traffic and analysis that make up a stage transition form one tree.
+        let mut stage: Option<(HashMap<String, u32>, tracing::Span)> = None;
         loop {
             let next = match self.rollouts.get(&self.id).await {
-                Ok(rollout) => self.step(rollout, &mut changes).await,
+                Ok(rollout) => {
+                    let span = match &stage {
+                        Some((weights, span)) if *weights == rollout.weights => span.clone(),
+                        _ => {
+                            let canary =
+                                rollout.spec.as_ref().and_then(|spec| rollout.weights.get(&spec.canary_backend));
+                            let span = tracing::info_span!(
+                                parent: None,
+                                "rollout.stage",
+                                otel.name = "rollout.stage",
+                                rollout = %self.id,
+                                step = rollout.step,
+                                canary_basis_points = canary.copied().unwrap_or(0),
+                            );
+                            stage = Some((rollout.weights.clone(), span.clone()));
+                            span
+                        }
+                    };
+                    self.step(rollout, &mut changes).instrument(span).await
+                }
                 Err(error) => {
                     tracing::warn!(rollout = %self.id, %error, "cannot read the rollout");
                     Next::Wait(Some(RETRY))
