@@ -81,10 +81,22 @@ impl Cli {
         match self.command {
             Command::Up { data_dir } => up::main(self.config.as_deref(), &data_dir),
             Command::Demo(options) => demo_main(options),
-            Command::Rollout(command) => commands::main(&self.globals, Operation::Rollout(command)),
-            Command::Plan(command) => commands::main(&self.globals, Operation::Plan(command)),
-            Command::Route(command) => commands::main(&self.globals, Operation::Route(command)),
-            Command::Session(command) => commands::main(&self.globals, Operation::Session(command)),
+            Command::Rollout(command) => operate(&self.globals, self.config.as_deref(), Operation::Rollout(command)),
+            Command::Plan(command) => operate(&self.globals, self.config.as_deref(), Operation::Plan(command)),
+            Command::Route(command) => operate(&self.globals, self.config.as_deref(), Operation::Route(command)),
+            Command::Session(command) => operate(&self.globals, self.config.as_deref(), Operation::Session(command)),
+        }
+    }
+}
+
+/// Runs an operator command with the addresses resolved: flag, environment, then the
+/// `[client]` section of the configuration file, then the defaults.
+fn operate(globals: &crate::commands::Globals, config: Option<&std::path::Path>, operation: Operation) -> ExitCode {
+    match globals.clone().with_config(config) {
+        Ok(globals) => commands::main(&globals, operation),
+        Err(error) => {
+            eprintln!("ficus: {error}");
+            ExitCode::from(2)
         }
     }
 }

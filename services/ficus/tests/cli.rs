@@ -232,6 +232,20 @@ async fn set_weights_then_get_the_route_as_json() {
     assert_eq!(uneven.status.code(), Some(2), "weights that do not add up: {}", stderr_of(&uneven));
     let listed = plane.ok(&["route", "list"]).await;
     assert!(listed.lines().nth(1).is_some_and(|line| line.starts_with("checkout ")), "{listed}");
+
+    // Without flag or variable, the address comes from the configuration file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("ficus.toml");
+    std::fs::write(&file, format!("[client]\ntraffic = \"{}\"\n", plane.plane.traffic.grpc_addr))
+        .expect("write config");
+    let from_file = plane
+        .command(&["--config", &file.display().to_string(), "route", "list"])
+        .env_remove("FICUS_TRAFFIC_ADDR")
+        .output()
+        .await
+        .expect("ficus runs");
+    assert!(from_file.status.success(), "{}", stderr_of(&from_file));
+    assert!(String::from_utf8_lossy(&from_file.stdout).contains("checkout"));
     plane.stop().await;
 }
 

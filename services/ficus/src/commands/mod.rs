@@ -34,38 +34,58 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, clap::Args)]
 pub struct Globals {
     /// Planner gRPC address (`host:port` or `http://host:port`).
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        value_name = "ADDR",
-        env = "FICUS_PLANNER_ADDR",
-        default_value = "127.0.0.1:7001"
-    )]
-    pub planner: String,
+    #[arg(long, global = true, help_heading = "Global options", value_name = "ADDR", env = "FICUS_PLANNER_ADDR")]
+    pub planner: Option<String>,
     /// Traffic gRPC address.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        value_name = "ADDR",
-        env = "FICUS_TRAFFIC_ADDR",
-        default_value = "127.0.0.1:7003"
-    )]
-    pub traffic: String,
+    #[arg(long, global = true, help_heading = "Global options", value_name = "ADDR", env = "FICUS_TRAFFIC_ADDR")]
+    pub traffic: Option<String>,
     /// Sessions gRPC address.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        value_name = "ADDR",
-        env = "FICUS_SESSIONS_ADDR",
-        default_value = "127.0.0.1:7004"
-    )]
-    pub sessions: String,
+    #[arg(long, global = true, help_heading = "Global options", value_name = "ADDR", env = "FICUS_SESSIONS_ADDR")]
+    pub sessions: Option<String>,
     /// Output: human tables, or the proto3 JSON mapping as JSON or YAML.
     #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
     pub output: Format,
+}
+
+/// Service addresses from the configuration file (`[client]` in `ficus.toml`, or
+/// `FICUS_CLIENT__PLANNER` and so on), used when neither a flag nor the `FICUS_*_ADDR`
+/// variable names one.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+struct ClientConfig {
+    planner: Option<String>,
+    traffic: Option<String>,
+    sessions: Option<String>,
+}
+
+impl Globals {
+    /// Fills the addresses not given by flag or environment from the configuration file
+    /// `file` (or `ficus.toml`); a broken file is an error, a missing default file is not.
+    pub fn with_config(mut self, file: Option<&std::path::Path>) -> Result<Self, ficus_kit::config::ConfigError> {
+        let layers = ficus_kit::config::sources(file)?;
+        let client: ClientConfig = match layers.find_value("client") {
+            Ok(_) => layers.extract_inner("client")?,
+            Err(_) => ClientConfig::default(),
+        };
+        self.planner = self.planner.or(client.planner);
+        self.traffic = self.traffic.or(client.traffic);
+        self.sessions = self.sessions.or(client.sessions);
+        Ok(self)
+    }
+
+    /// The planner's address.
+    pub fn planner(&self) -> &str {
+        self.planner.as_deref().unwrap_or("127.0.0.1:7001")
+    }
+
+    /// The traffic service's address.
+    pub fn traffic(&self) -> &str {
+        self.traffic.as_deref().unwrap_or("127.0.0.1:7003")
+    }
+
+    /// The session store's address.
+    pub fn sessions(&self) -> &str {
+        self.sessions.as_deref().unwrap_or("127.0.0.1:7004")
+    }
 }
 
 /// The service a command talks to, named in errors.
