@@ -215,8 +215,9 @@ impl Drive {
                 let mut failed = rollout.clone();
                 failed.phase = Phase::Failed.into();
                 failed.message = error.to_string();
+                let weights = rollout.weights.clone();
                 return self
-                    .save(Transition { reason: error.to_string(), from: rollout.phase(), rollout: failed })
+                    .save(Transition { reason: error.to_string(), from: rollout.phase(), rollout: failed }, &weights)
                     .await;
             }
         };
@@ -230,7 +231,8 @@ impl Drive {
             return Next::Wait(None);
         }
         let Some(step) = plan.step(rollout.step as usize) else {
-            return self.save(machine::advance(&rollout, &plan, SystemTime::now(), "plan complete".into())).await;
+            let transition = machine::advance(&rollout, &plan, SystemTime::now(), "plan complete".into());
+            return self.save(transition, &rollout.weights).await;
         };
         let started = rollout.step_started_at.as_ref().and_then(time::system_time).unwrap_or_else(SystemTime::now);
         let remaining = |duration: Duration| (started + duration).duration_since(SystemTime::now()).ok();
@@ -283,8 +285,12 @@ impl Drive {
                 let mut failed = rollout.clone();
                 failed.phase = Phase::Failed.into();
                 failed.message = format!("analysis refused the step's checks: {}", status.message());
+                let weights = rollout.weights.clone();
                 return self
-                    .save(Transition { reason: failed.message.clone(), from: rollout.phase(), rollout: failed })
+                    .save(
+                        Transition { reason: failed.message.clone(), from: rollout.phase(), rollout: failed },
+                        &weights,
+                    )
                     .await;
             }
             return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await;
@@ -363,12 +369,29 @@ impl Drive {
     }
 
     async fn advance(&self, rollout: &proto::Rollout, plan: &crate::plan::Plan, why: &str) -> Next {
-        self.save(machine::advance(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step)))
-            .await
+        let transition =
+            machine::advance(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step));
+        self.save(transition, &rollout.weights).await
     }
 
-    async fn save(&self, transition: Transition) -> Next {
+    /// Records a transition from a rollout that had `previous` weights. A transition that
+    /// ends the rollout is finished here: its weights are applied if they changed, and the
+    /// driver stops without reading the rollout again, which could otherwise re-apply them
+    /// over an operator who moves the route right after the rollout ended.
+    async fn save(&self, transition: Transition, previous: &HashMap<String, u32>) -> Next {
+        let changed = transition.rollout.weights != *previous;
         match self.rollouts.save(transition).await {
+            Ok(saved) if machine::is_terminal(saved.phase()) => {
+                let route = saved.spec.as_ref().map(|spec| spec.route.clone()).unwrap_or_default();
+                while changed && let Err(error) = apply_weights(&self.peers.traffic, &route, &saved.weights).await {
+                    tracing::warn!(rollout = %self.id, %error, "cannot apply the final weights; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => {}
+                        () = self.stop.cancelled() => break,
+                    }
+                }
+                Next::Done
+            }
             Ok(_) | Err(Error::Conflict { .. }) => Next::Reload,
             Err(error) => {
                 tracing::warn!(rollout = %self.id, %error, "cannot record a transition; retrying");
