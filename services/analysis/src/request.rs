@@ -6,7 +6,10 @@ use std::time::Duration;
 use ficus_kit::status::InvalidField;
 use ficus_proto::analysis::v1 as proto;
 
-use crate::{error::Error, judge::Template, runs};
+use crate::{
+    error::Error,
+    judge::{self, Template},
+};
 
 /// Window of `Analyze` when the request names none.
 pub const DEFAULT_ANALYZE_WINDOW: Duration = Duration::from_secs(60);
@@ -94,8 +97,8 @@ pub fn template(
     template: Option<&proto::AnalysisTemplate>,
     field: &str,
 ) -> Result<(proto::AnalysisTemplate, Template), Error> {
-    let template = template.cloned().unwrap_or_else(runs::default_template);
-    let validated = runs::validated_template(&template, field)?;
+    let template = template.cloned().unwrap_or_else(judge::default_template);
+    let validated = Template::from_proto(&template, field)?;
     Ok((template, validated))
 }
 

@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::{
     error::Error,
-    judge::{self, Judge, Template},
+    judge::Judge,
     request::{self, RunSpec},
     source::Sources,
 };
@@ -260,14 +260,4 @@ fn new_id() -> String {
     let mut bytes = [0_u8; 12];
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Validated pieces of a template, kept together so the judge and the sources agree.
-pub(crate) fn validated_template(template: &proto::AnalysisTemplate, field: &str) -> Result<Template, Error> {
-    Ok(Template::from_proto(template, field)?)
-}
-
-/// The default template, when a request names none.
-pub(crate) fn default_template() -> proto::AnalysisTemplate {
-    judge::default_template()
 }
