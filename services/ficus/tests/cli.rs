@@ -54,15 +54,8 @@ impl Plane {
         };
         let shutdown = CancellationToken::new();
         let plane = ControlPlane::start(configs, shutdown.clone()).await.expect("the control plane starts");
-        let route = traffic::Route {
-            name: "checkout".into(),
-            backends: vec![
-                traffic::Backend { name: "legacy".into(), endpoints: vec!["127.0.0.1:1".into()] },
-                traffic::Backend { name: "k8s".into(), endpoints: vec!["127.0.0.1:2".into()] },
-            ],
-            weights: HashMap::from([("legacy".to_owned(), 10_000), ("k8s".to_owned(), 0)]),
-            ..Default::default()
-        };
+        let route =
+            ficus_testkit::route::two_backends("checkout", ("legacy", "127.0.0.1:1"), ("k8s", "127.0.0.1:2"), 0);
         TrafficControlClient::new(grpc::channel(plane.traffic.grpc_addr))
             .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
             .await

@@ -1,7 +1,7 @@
 //! One stage transition is one trace across planner, traffic and analysis: `ficus up`
 //! exports its spans over OTLP/gRPC to a real receiver run by this test.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ficus_proto::{
     analysis::v1 as analysis,
@@ -89,15 +89,7 @@ async fn a_stage_transition_is_one_trace_across_the_services() {
     }
 
     let mut traffic_api = TrafficControlClient::new(ficus_testkit::grpc::channel(traffic_addr.parse().expect("addr")));
-    let route = traffic::Route {
-        name: "checkout".into(),
-        backends: vec![
-            traffic::Backend { name: "legacy".into(), endpoints: vec!["127.0.0.1:1".into()] },
-            traffic::Backend { name: "k8s".into(), endpoints: vec!["127.0.0.1:2".into()] },
-        ],
-        weights: HashMap::from([("legacy".to_owned(), 10_000), ("k8s".to_owned(), 0)]),
-        ..Default::default()
-    };
+    let route = ficus_testkit::route::two_backends("checkout", ("legacy", "127.0.0.1:1"), ("k8s", "127.0.0.1:2"), 0);
     traffic_api
         .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
         .await

@@ -14,6 +14,7 @@ mod port;
 mod process;
 mod prometheus;
 mod redis;
+pub mod route;
 mod wait;
 
 pub use self::backend::{BACKEND_HEADER, Backend};

@@ -134,15 +134,8 @@ fn wrk(url: &str, duration: &str) -> Measured {
 }
 
 fn two_backend_route(stable: SocketAddr, canary: SocketAddr) -> proto::Route {
-    proto::Route {
-        name: "bench".into(),
-        backends: vec![
-            proto::Backend { name: "stable".into(), endpoints: vec![stable.to_string()] },
-            proto::Backend { name: "canary".into(), endpoints: vec![canary.to_string()] },
-        ],
-        weights: [("stable".to_owned(), 8_000), ("canary".to_owned(), 2_000)].into(),
-        ..Default::default()
-    }
+    let (stable, canary) = (stable.to_string(), canary.to_string());
+    ficus_testkit::route::two_backends("bench", ("stable", &stable), ("canary", &canary), 2_000)
 }
 
 fn start_nginx(dir: &std::path::Path, route: &Route, listen: SocketAddr) -> Killed {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use ficus_kit::server::Running;
 use ficus_proto::{
@@ -47,15 +47,8 @@ impl Peers {
         .await
         .expect("analysis starts");
         let mut traffic_api = TrafficControlClient::new(ficus_testkit::grpc::channel(traffic.grpc_addr));
-        let route = traffic::Route {
-            name: "checkout".into(),
-            backends: vec![
-                traffic::Backend { name: "legacy".into(), endpoints: vec!["127.0.0.1:1".into()] },
-                traffic::Backend { name: "k8s".into(), endpoints: vec!["127.0.0.1:2".into()] },
-            ],
-            weights: HashMap::from([("legacy".to_owned(), 10_000), ("k8s".to_owned(), 0)]),
-            ..Default::default()
-        };
+        let route =
+            ficus_testkit::route::two_backends("checkout", ("legacy", "127.0.0.1:1"), ("k8s", "127.0.0.1:2"), 0);
         traffic_api
             .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
             .await

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use ficus_kit::server::Running;
@@ -98,13 +98,6 @@ impl Traffic {
 
 /// A two-backend route `name` with `stable` and `canary` backends at the given canary weight.
 pub fn route(name: &str, stable: SocketAddr, canary: SocketAddr, canary_weight: u32) -> proto::Route {
-    proto::Route {
-        name: name.into(),
-        backends: vec![
-            proto::Backend { name: "stable".into(), endpoints: vec![stable.to_string()] },
-            proto::Backend { name: "canary".into(), endpoints: vec![canary.to_string()] },
-        ],
-        weights: HashMap::from([("stable".to_owned(), 10_000 - canary_weight), ("canary".to_owned(), canary_weight)]),
-        ..Default::default()
-    }
+    let (stable, canary) = (stable.to_string(), canary.to_string());
+    ficus_testkit::route::two_backends(name, ("stable", &stable), ("canary", &canary), canary_weight)
 }
