@@ -15,6 +15,7 @@ mod process;
 mod prometheus;
 mod redis;
 pub mod route;
+mod tool;
 mod wait;
 
 pub use self::backend::{BACKEND_HEADER, Backend};
@@ -23,4 +24,5 @@ pub use self::port::free_port;
 pub use self::process::{ServiceProcess, check_binary_lifecycle};
 pub use self::prometheus::PrometheusServer;
 pub use self::redis::RedisServer;
+pub use self::tool::tool;
 pub use self::wait::{eventually, wait_until};

@@ -1,0 +1,14 @@
+# Sourced by the tool scripts: where pinned tools are built and cached.
+#
+# FICUS_TOOLS_DIR (default ~/.cache/ficus/tools) holds one directory per tool and version
+# and a bin/ of links to the current ones; the test support looks there first.
+FICUS_TOOLS_DIR="${FICUS_TOOLS_DIR:-$HOME/.cache/ficus/tools}"
+mkdir -p "$FICUS_TOOLS_DIR/bin"
+
+# require_go: fails with a clear message when Go is missing, since these tools are built from source.
+require_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    echo "Go is needed to build $1 for the tests; install Go 1.25 or newer" >&2
+    exit 1
+  fi
+}
