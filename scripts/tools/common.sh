@@ -12,3 +12,15 @@ require_go() {
     exit 1
   fi
 }
+
+# quietly <log> <command...>: runs a build without its download chatter; on failure,
+# prints what it said and fails.
+quietly() {
+  local log="$1"
+  shift
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "failed: $*" >&2
+    exit 1
+  fi
+}

@@ -1,1 +1,4 @@
-//! Cross-service tests live in `tests/`; this crate has no code of its own.
+//! Cross-service tests live in `tests/`; this crate holds what several of them share:
+//! rendering the Helm chart into typed Kubernetes objects.
+
+pub mod manifest;

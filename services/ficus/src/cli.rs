@@ -70,6 +70,13 @@ enum Command {
         after_help = "Examples:\n  ficus route apply -f examples/route.yaml\n  ficus route list\n  ficus route set-weights checkout legacy=9500 k8s=500"
     )]
     Route(crate::commands::route::RouteCommand),
+    /// Ask one service whether it serves: exit 0 when SERVING (the gRPC health protocol).
+    ///
+    /// For container health checks and probes that cannot run a shell.
+    #[command(
+        after_help = "Examples:\n  ficus health --addr traffic:7003\n  ficus health --addr 127.0.0.1:7004 --timeout 1s"
+    )]
+    Health(crate::health::HealthOptions),
     /// Read user sessions (sessions).
     #[command(subcommand, after_help = "Examples:\n  ficus session get \"$SESSION_ID\"")]
     Session(crate::commands::session::SessionCommand),
@@ -81,6 +88,7 @@ impl Cli {
         match self.command {
             Command::Up { data_dir } => up::main(self.config.as_deref(), &data_dir),
             Command::Demo(options) => demo_main(options),
+            Command::Health(options) => crate::health::main(&options),
             Command::Rollout(command) => operate(&self.globals, self.config.as_deref(), Operation::Rollout(command)),
             Command::Plan(command) => operate(&self.globals, self.config.as_deref(), Operation::Plan(command)),
             Command::Route(command) => operate(&self.globals, self.config.as_deref(), Operation::Route(command)),

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod demo;
+pub mod health;
 pub mod output;
 pub mod spec_file;
 pub mod up;
