@@ -39,8 +39,10 @@ enum Command {
     /// of users with stable ids. A strangler migration moves them 5/20/50/80/100% to v2,
     /// judged at every stage; then a second release of v2 turns faulty after its 20% stage
     /// and is rolled back automatically. Exits non-zero if a promise in the summary breaks.
-    #[command(after_help = "Examples:\n  ficus demo\n  ficus demo --users 50 --stage-window 3s --fault-percent 20")]
-    Demo(crate::demo::DemoOptions),
+    #[command(
+        after_help = "Examples:\n  ficus demo\n  ficus demo --users 50 --stage-window 3s --fault-percent 20\n  ficus demo app --version v1 --listen 0.0.0.0:8080 --sessions sessions:7004\n  ficus demo drive --planner planner:7001 --traffic traffic:7003 --proxy traffic:8080 --legacy legacy:8080 --new new:8080"
+    )]
+    Demo(DemoArgs),
     /// Run every service in this process with embedded storage.
     ///
     /// Each service keeps its state in its own directory under the data directory and
@@ -82,12 +84,42 @@ enum Command {
     Session(crate::commands::session::SessionCommand),
 }
 
+/// `ficus demo`: embedded as a whole, or its parts on their own (as Compose runs them).
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct DemoArgs {
+    #[command(flatten)]
+    options: crate::demo::DemoOptions,
+    #[command(subcommand)]
+    part: Option<DemoPart>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoPart {
+    /// Serve one of the demo's applications (legacy v1 or new v2) on its own; it keeps
+    /// sessions in the session store at `--sessions`.
+    App(crate::demo::AppOptions),
+    /// Play the demo against a control plane and applications that already run: create
+    /// the route, start the users, migrate, then roll back a faulty release. Exits
+    /// non-zero if a promise breaks.
+    Drive(crate::demo::DriveOptions),
+}
+
 impl Cli {
     /// Runs the command; the exit code says whether it succeeded.
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Up { data_dir } => up::main(self.config.as_deref(), &data_dir),
-            Command::Demo(options) => demo_main(options),
+            Command::Demo(DemoArgs { part: None, options }) => demo_main(options),
+            Command::Demo(DemoArgs { part: Some(part), .. }) => {
+                match self.globals.clone().with_config(self.config.as_deref()) {
+                    Ok(globals) => demo_part(&globals, part),
+                    Err(error) => {
+                        eprintln!("ficus: {error}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
             Command::Health(options) => crate::health::main(&options),
             Command::Rollout(command) => operate(&self.globals, self.config.as_deref(), Operation::Rollout(command)),
             Command::Plan(command) => operate(&self.globals, self.config.as_deref(), Operation::Plan(command)),
@@ -112,10 +144,38 @@ fn operate(globals: &crate::commands::Globals, config: Option<&std::path::Path>,
 /// `ficus demo` as a process: quiet logs, live progress, the summary, and exit 1 when a
 /// promise broke.
 fn demo_main(options: crate::demo::DemoOptions) -> ExitCode {
-    let telemetry = ficus_kit::telemetry::TelemetryConfig { log_level: "warn".into(), ..Default::default() };
-    ficus_kit::run("ficus demo", &telemetry, |_shutdown| async move {
-        let summary = crate::demo::run(options).await.map_err(|error| error.to_string())?;
-        println!("{summary}");
-        if summary.promises_kept() { Ok(()) } else { Err("a promise of the demo broke".to_owned()) }
-    })
+    ficus_kit::run(
+        "ficus demo",
+        &demo_telemetry(),
+        |_shutdown| async move { summarize(crate::demo::run(options).await) },
+    )
+}
+
+/// `ficus demo app` and `ficus demo drive` as processes.
+fn demo_part(globals: &crate::commands::Globals, part: DemoPart) -> ExitCode {
+    match part {
+        DemoPart::App(options) => {
+            let sessions = globals.sessions().to_owned();
+            ficus_kit::run("ficus demo app", &demo_telemetry(), |shutdown| async move {
+                crate::demo::serve_app(options, &sessions, shutdown).await.map_err(|error| error.to_string())
+            })
+        }
+        DemoPart::Drive(options) => {
+            let (planner, traffic) = (globals.planner().to_owned(), globals.traffic().to_owned());
+            ficus_kit::run("ficus demo drive", &demo_telemetry(), |_shutdown| async move {
+                summarize(crate::demo::drive(options, &planner, &traffic).await)
+            })
+        }
+    }
+}
+
+fn demo_telemetry() -> ficus_kit::telemetry::TelemetryConfig {
+    ficus_kit::telemetry::TelemetryConfig { log_level: "warn".into(), ..Default::default() }
+}
+
+/// Prints the summary; an error when the demo failed or a promise broke.
+fn summarize(result: Result<crate::demo::Summary, crate::demo::DemoError>) -> Result<(), String> {
+    let summary = result.map_err(|error| error.to_string())?;
+    println!("{summary}");
+    if summary.promises_kept() { Ok(()) } else { Err("a promise of the demo broke".to_owned()) }
 }

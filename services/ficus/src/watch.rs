@@ -38,13 +38,17 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 const REFRESH: Duration = Duration::from_secs(1);
 
 /// Follows rollout `id` until it ends; an error when it ended rolled back, aborted or failed.
+/// With a `wait`, a rollout not created yet (or a planner not up yet) is waited for that
+/// long, so a watcher can start before whoever creates the rollout.
 pub async fn watch(
     planner: &Remote,
     id: &str,
+    wait: Duration,
     format: Format,
     out: &mut (dyn Write + Send),
     terminal: Terminal,
 ) -> Result<(), CliError> {
+    wait_for_creation(planner, id, wait).await?;
     let mut view = match format {
         Format::Table if terminal.interactive => View::Live(Live::new()),
         Format::Table => View::Lines { last: None },
@@ -101,6 +105,24 @@ pub async fn watch(
             )));
         }
         broken_since.get_or_insert_with(Instant::now);
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
+/// Returns once rollout `id` exists, polling while it is missing or the planner is
+/// unreachable, for at most `wait`; the last error after that.
+async fn wait_for_creation(planner: &Remote, id: &str, wait: Duration) -> Result<(), CliError> {
+    let deadline = Instant::now() + wait;
+    let mut api = PlannerClient::new(planner.channel.clone());
+    loop {
+        let status = match api.get_rollout(proto::GetRolloutRequest { id: id.to_owned() }).await {
+            Ok(_) => return Ok(()),
+            Err(status) => status,
+        };
+        let waitable = matches!(status.code(), tonic::Code::NotFound | tonic::Code::Unavailable);
+        if !waitable || Instant::now() >= deadline {
+            return Err(planner.error(status));
+        }
         tokio::time::sleep(RECONNECT_PAUSE).await;
     }
 }

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use ficus::demo::{DemoOptions, run};
+use ficus::demo::{DemoOptions, Pace, run};
 use ficus_proto::planner::v1::Phase;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_keeps_its_promises() {
-    let options = DemoOptions { users: 100, rate: 4.0, stage_window: Duration::from_secs(2), ..DemoOptions::default() };
+    let pace = Pace { users: 100, rate: 4.0, stage_window: Duration::from_secs(2), ..Pace::default() };
+    let options = DemoOptions { pace, ..DemoOptions::default() };
     let summary = tokio::time::timeout(Duration::from_secs(240), run(options))
         .await
         .expect("the demo ends")

@@ -1,6 +1,10 @@
 //! `ficus rollout`: start, inspect, follow and steer rollouts through the planner.
 
-use std::{io::Write, path::PathBuf, time::SystemTime};
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use ficus_proto::{
     analysis::v1::{Outcome, Verdict},
@@ -60,6 +64,10 @@ pub enum RolloutCommand {
     Watch {
         /// Rollout id.
         id: String,
+        /// Wait this long for the rollout to be created and the planner to answer,
+        /// e.g. `5m` for a watcher that starts before the rollout does.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", value_name = "DURATION")]
+        wait: Duration,
     },
     /// Pass the current gate or pause; with `--full`, go straight to 100%.
     #[command(
@@ -151,7 +159,9 @@ pub async fn run(
             }
             return Ok(());
         }
-        RolloutCommand::Watch { id } => return watch::watch(&planner, &id, globals.output, out, terminal).await,
+        RolloutCommand::Watch { id, wait } => {
+            return watch::watch(&planner, &id, wait, globals.output, out, terminal).await;
+        }
         RolloutCommand::Promote { id, full, reason } => {
             let request = proto::PromoteRequest { id, full, reason: reason.unwrap_or_default() };
             api.promote(request).await.map_err(|status| planner.error(status))?.into_inner()

@@ -12,12 +12,18 @@ use std::{
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
+use bytes::Bytes;
 use ficus_sessions_client::SessionClient;
+use http_body_util::Empty;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -38,29 +44,46 @@ pub struct App {
 }
 
 impl App {
-    /// Starts the application `version` on a loopback port until `shutdown`.
+    /// Starts the application `version` on `listen` until `shutdown`; returns the bound address.
+    ///
+    /// Besides `/`, it serves `POST /_demo/fault?per_mille=N`, which makes N in 1000 of
+    /// later requests fail with 500: the demo's driver plays a bad release with it.
     pub async fn start(
         version: &'static str,
         sessions: SessionClient,
+        listen: SocketAddr,
         shutdown: CancellationToken,
-    ) -> std::io::Result<(Self, SocketAddr)> {
+    ) -> std::io::Result<SocketAddr> {
         let app = Self { version, sessions, fault_per_mille: Arc::default(), requests: Arc::default() };
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let router = Router::new().route("/", get(visit)).with_state(app.clone());
+        let router = Router::new().route("/", get(visit)).route(FAULT_PATH, post(set_fault)).with_state(app.clone());
         tokio::spawn(async move {
             let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
             if let Err(error) = served {
                 tracing::warn!(%error, "demo application stopped");
             }
         });
-        Ok((app, addr))
+        Ok(addr)
     }
+}
 
-    /// Makes `per_mille` of later requests fail with 500.
-    pub fn set_fault(&self, per_mille: u32) {
-        self.fault_per_mille.store(per_mille, Ordering::SeqCst);
+/// Where an application takes its fault setting.
+pub const FAULT_PATH: &str = "/_demo/fault";
+
+/// The query of [`FAULT_PATH`].
+#[derive(serde::Deserialize)]
+struct Fault {
+    per_mille: u32,
+}
+
+/// Makes `per_mille` of later requests fail with 500.
+async fn set_fault(State(app): State<App>, Query(fault): Query<Fault>) -> StatusCode {
+    if fault.per_mille > 1000 {
+        return StatusCode::BAD_REQUEST;
     }
+    app.fault_per_mille.store(fault.per_mille, Ordering::SeqCst);
+    StatusCode::NO_CONTENT
 }
 
 /// Counts the user's visits in their session and answers with the count.
@@ -112,4 +135,18 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value)
+}
+
+/// Sets the fault of the application at `address` (`host:port`) through [`FAULT_PATH`].
+pub async fn request_fault(address: &str, per_mille: u32) -> Result<(), super::DemoError> {
+    let failed = |reason: String| super::DemoError::Call(format!("set the fault of {address}: {reason}"));
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = hyper::Request::post(format!("http://{address}{FAULT_PATH}?per_mille={per_mille}"))
+        .body(Empty::new())
+        .map_err(|error| failed(error.to_string()))?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+        .await
+        .map_err(|_| failed("no answer within 10s".into()))?
+        .map_err(|error| failed(error.to_string()))?;
+    if response.status() == StatusCode::NO_CONTENT { Ok(()) } else { Err(failed(response.status().to_string())) }
 }

@@ -33,9 +33,9 @@ pub use self::population::{Observed, SideCounts};
 use self::{app::App, population::Population};
 use crate::up::{Configs, ControlPlane};
 
-/// How the demo runs; every pace and fault can be changed.
+/// The pace of the demo and its fault; every one can be changed.
 #[derive(Clone, Debug, clap::Args)]
-pub struct DemoOptions {
+pub struct Pace {
     /// Synthetic users browsing through the proxy.
     #[arg(long, default_value_t = 200)]
     pub users: usize,
@@ -48,15 +48,79 @@ pub struct DemoOptions {
     /// Share of `v2`'s answers that fail once it turns faulty, in percent.
     #[arg(long, default_value_t = 8.0)]
     pub fault_percent: f64,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self { users: 200, rate: 4.0, stage_window: Duration::from_secs(8), fault_percent: 8.0 }
+    }
+}
+
+/// How the embedded demo runs.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct DemoOptions {
+    /// Pace and fault.
+    #[command(flatten)]
+    pub pace: Pace,
     /// Where the control plane keeps its state; a temporary directory by default.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
 
-impl Default for DemoOptions {
-    fn default() -> Self {
-        Self { users: 200, rate: 4.0, stage_window: Duration::from_secs(8), fault_percent: 8.0, data_dir: None }
-    }
+/// How `ficus demo drive` reaches the pieces that already run elsewhere, e.g. in Compose.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DriveOptions {
+    /// Pace and fault.
+    #[command(flatten)]
+    pub pace: Pace,
+    /// The traffic proxy the users browse through.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub proxy: String,
+    /// The legacy application (`ficus demo app --version v1`), as the proxy reaches it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub legacy: String,
+    /// The new application (`ficus demo app --version v2`), as the proxy and this command reach it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub new: String,
+    /// The rollouts are `<prefix>-migration` and `<prefix>-faulty-release`, so others can
+    /// follow them with `ficus rollout watch`.
+    #[arg(long, default_value = "demo")]
+    pub prefix: String,
+}
+
+/// One of the demo's two applications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Version {
+    /// The legacy application.
+    V1,
+    /// The new application, which the demo turns faulty in its second migration.
+    V2,
+}
+
+/// How `ficus demo app` runs one application on its own, e.g. as a container.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AppOptions {
+    /// Which application.
+    #[arg(long, value_enum)]
+    pub version: Version,
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "HOST:PORT")]
+    pub listen: std::net::SocketAddr,
+}
+
+/// Serves one demo application, keeping sessions in the session store at `sessions`,
+/// until `shutdown`.
+pub async fn serve_app(options: AppOptions, sessions: &str, shutdown: CancellationToken) -> Result<(), DemoError> {
+    let url = if sessions.contains("://") { sessions.to_owned() } else { format!("http://{sessions}") };
+    let sessions = SessionClient::connect_lazy(&url).map_err(|error| DemoError::Call(error.to_string()))?;
+    let version = match options.version {
+        Version::V1 => "v1",
+        Version::V2 => "v2",
+    };
+    let addr = App::start(version, sessions, options.listen, shutdown.clone()).await?;
+    println!("demo application {version} on {addr}, sessions at {url}");
+    shutdown.cancelled().await;
+    Ok(())
 }
 
 /// What happened, and whether the promises held.
@@ -127,21 +191,37 @@ fn call(what: &str) -> impl Fn(tonic::Status) -> DemoError + '_ {
     move |status| DemoError::Call(format!("{what}: {}", status.message()))
 }
 
-/// Runs the demo, printing progress to stdout, and returns its summary.
+/// Runs the demo embedded, printing progress to stdout, and returns its summary.
 pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let temp = tempfile::tempdir().map_err(|error| DemoError::DataDir(error.to_string()))?;
     let data = options.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let shutdown = CancellationToken::new();
-    let result = run_in(&options, &data, shutdown.clone()).await;
+    let result = run_in(&options.pace, &data, shutdown.clone()).await;
     shutdown.cancel();
     result
 }
 
-async fn run_in(
-    options: &DemoOptions,
-    data: &std::path::Path,
-    shutdown: CancellationToken,
-) -> Result<Summary, DemoError> {
+/// Runs the demo against a control plane and applications that already run, printing
+/// progress to stdout, and returns its summary.
+pub async fn drive(options: DriveOptions, planner: &str, traffic: &str) -> Result<Summary, DemoError> {
+    let proxy = tokio::net::lookup_host(&options.proxy)
+        .await
+        .map_err(|error| DemoError::Call(format!("proxy {}: {error}", options.proxy)))?
+        .next()
+        .ok_or_else(|| DemoError::Call(format!("proxy {} has no address", options.proxy)))?;
+    let scene = Scene {
+        traffic: TrafficControlClient::new(connect(traffic)?),
+        planner: PlannerClient::new(connect(planner)?),
+        proxy,
+        legacy: options.legacy,
+        new: options.new,
+        prefix: options.prefix,
+    };
+    println!("driving the control plane at planner {planner}, traffic {traffic}; proxy on {proxy}");
+    play(&options.pace, scene).await
+}
+
+async fn run_in(pace: &Pace, data: &std::path::Path, shutdown: CancellationToken) -> Result<Summary, DemoError> {
     let store = |name: &str| data.join(name).display().to_string();
     let mut traffic_config = ficus_traffic::Config::ephemeral(store("traffic"));
     traffic_config.stats_retention = Duration::from_secs(600);
@@ -157,23 +237,49 @@ async fn run_in(
     };
     let plane = ControlPlane::start(configs, shutdown.clone()).await?;
     let proxy = plane.traffic.addr(ficus_traffic::DATA_PLANE).ok_or_else(|| DemoError::Call("no data plane".into()))?;
-    let connect = |addr: std::net::SocketAddr| {
-        ficus_kit::client::connect(&addr.to_string(), Duration::from_secs(10))
-            .map_err(|e| DemoError::Call(e.to_string()))
-    };
-    let mut traffic_api = TrafficControlClient::new(connect(plane.traffic.grpc_addr)?);
-    let mut planner_api = PlannerClient::new(connect(plane.planner.grpc_addr)?);
     let sessions = SessionClient::connect_lazy(&format!("http://{}", plane.sessions.grpc_addr))
         .map_err(|error| DemoError::Call(error.to_string()))?;
-    let (_v1, v1_addr) = App::start("v1", sessions.clone(), shutdown.clone()).await?;
-    let (v2, v2_addr) = App::start("v2", sessions, shutdown.clone()).await?;
-    println!("control plane up; legacy v1 on {v1_addr}, new v2 on {v2_addr}, proxy on {proxy}");
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let v1 = App::start("v1", sessions.clone(), loopback, shutdown.clone()).await?;
+    let v2 = App::start("v2", sessions, loopback, shutdown.clone()).await?;
+    println!("control plane up; legacy v1 on {v1}, new v2 on {v2}, proxy on {proxy}");
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let scene = Scene {
+        traffic: TrafficControlClient::new(connect(&plane.traffic.grpc_addr.to_string())?),
+        planner: PlannerClient::new(connect(&plane.planner.grpc_addr.to_string())?),
+        proxy,
+        legacy: v1.to_string(),
+        new: v2.to_string(),
+        prefix: format!("demo-{run}"),
+    };
+    play(pace, scene).await
+}
 
+/// What the demo plays on: the control plane's APIs, the proxy, and the two applications.
+struct Scene {
+    traffic: TrafficControlClient<TracedChannel>,
+    planner: PlannerClient<TracedChannel>,
+    proxy: std::net::SocketAddr,
+    /// Where the proxy reaches `v1`.
+    legacy: String,
+    /// Where the proxy reaches `v2`, and where the fault is set.
+    new: String,
+    /// The rollout ids' prefix.
+    prefix: String,
+}
+
+fn connect(address: &str) -> Result<TracedChannel, DemoError> {
+    ficus_kit::client::connect(address, Duration::from_secs(10)).map_err(|error| DemoError::Call(error.to_string()))
+}
+
+/// The demo itself: the route, the users, a migration, then a faulty release rolled back.
+async fn play(pace: &Pace, scene: Scene) -> Result<Summary, DemoError> {
+    let Scene { traffic: mut traffic_api, planner: mut planner_api, proxy, legacy, new, prefix } = scene;
     let route = traffic::Route {
         name: "shop".into(),
         backends: vec![
-            traffic::Backend { name: "legacy".into(), endpoints: vec![v1_addr.to_string()] },
-            traffic::Backend { name: "new".into(), endpoints: vec![v2_addr.to_string()] },
+            traffic::Backend { name: "legacy".into(), endpoints: vec![legacy] },
+            traffic::Backend { name: "new".into(), endpoints: vec![new.clone()] },
         ],
         weights: HashMap::from([("legacy".to_owned(), 10_000), ("new".to_owned(), 0)]),
         sticky: Some(traffic::StickyKey {
@@ -185,16 +291,18 @@ async fn run_in(
         .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
         .await
         .map_err(call("route"))?;
+    // A fresh start: the new application answers without faults.
+    app::request_fault(&new, 0).await?;
 
     let stages = 5 * 2 + 4;
-    let limit = options.stage_window * stages + Duration::from_secs(120);
-    let users = Population::start(proxy, options.users, options.rate, limit);
-    println!("{} users browsing at {}/s each\n", options.users, options.rate);
+    let limit = pace.stage_window * stages + Duration::from_secs(120);
+    let users = Population::start(proxy, pace.users, pace.rate, limit);
+    println!("{} users browsing at {}/s each\n", pace.users, pace.rate);
 
-    println!("migration 1: legacy -> new, stages 5/20/50/80/100%, {:?} each", options.stage_window);
+    println!("migration 1: legacy -> new, stages 5/20/50/80/100%, {:?} each", pace.stage_window);
     let started = Instant::now();
-    let id = create(&mut planner_api, options.stage_window, "migration").await?;
-    let migration = follow(&mut planner_api, &id, |_| {}).await?;
+    let id = create(&mut planner_api, pace.stage_window, &format!("{prefix}-migration")).await?;
+    let migration = follow(&mut planner_api, &id).await?;
     let migration_time = started.elapsed();
 
     // A new release of v2 goes out: traffic back on legacy, then a fresh migration.
@@ -211,20 +319,22 @@ async fn run_in(
     users.set_rising(true);
     println!(
         "\nmigration 2: a new release of v2 that turns faulty ({}% errors) after its 20% stage",
-        options.fault_percent
+        pace.fault_percent
     );
-    let id = create(&mut planner_api, options.stage_window, "faulty-release").await?;
+    let id = create(&mut planner_api, pace.stage_window, &format!("{prefix}-faulty-release")).await?;
     let mut fault_at = None;
-    let fault = (options.fault_percent * 10.0).round().clamp(0.0, 1000.0) as u32;
-    let faulty = follow(&mut planner_api, &id, |rollout| {
+    let fault = (pace.fault_percent * 10.0).round().clamp(0.0, 1000.0) as u32;
+    let mut events = watch(&mut planner_api, &id).await?;
+    let mut faulty = Phase::Unspecified;
+    while let Some(rollout) = next(&mut events).await? {
         if fault_at.is_none() && rollout.weights.get("new").copied().unwrap_or(0) > 2_000 {
-            v2.set_fault(fault);
+            app::request_fault(&new, fault).await?;
             users.set_rising(false);
             fault_at = Some(Instant::now());
             println!("  v2 is now faulty");
         }
-    })
-    .await?;
+        faulty = rollout.phase();
+    }
     let rolled_back_at = Instant::now();
     let rolled_back_to = planner_api
         .get_rollout(planner::GetRolloutRequest { id: id.clone() })
@@ -246,8 +356,8 @@ async fn run_in(
     })
 }
 
-/// Starts a strangler migration of route `shop` with the demo's checks.
-async fn create(api: &mut PlannerClient<TracedChannel>, window: Duration, name: &str) -> Result<String, DemoError> {
+/// Starts a strangler migration of route `shop` with the demo's checks, as rollout `id`.
+async fn create(api: &mut PlannerClient<TracedChannel>, window: Duration, id: &str) -> Result<String, DemoError> {
     let spec = planner::RolloutSpec {
         route: "shop".into(),
         stable_backend: "legacy".into(),
@@ -265,8 +375,7 @@ async fn create(api: &mut PlannerClient<TracedChannel>, window: Duration, name: 
         manual_gate: false,
         scaling: None,
     };
-    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-    let request = planner::CreateRolloutRequest { spec: Some(spec), id: format!("{name}-{suffix}") };
+    let request = planner::CreateRolloutRequest { spec: Some(spec), id: id.to_owned() };
     Ok(api.create_rollout(request).await.map_err(call("create rollout"))?.into_inner().id)
 }
 
@@ -299,22 +408,29 @@ fn checks() -> analysis::AnalysisTemplate {
     }
 }
 
-/// Prints every transition of rollout `id` until it ends; `on_event` sees each state.
-async fn follow(
-    api: &mut PlannerClient<TracedChannel>,
-    id: &str,
-    mut on_event: impl FnMut(&planner::Rollout),
-) -> Result<Phase, DemoError> {
-    let mut events = api
-        .watch_rollout(planner::WatchRolloutRequest { id: id.to_owned() })
-        .await
-        .map_err(call("watch rollout"))?
-        .into_inner();
+/// Prints every transition of rollout `id` until it ends, and returns how it ended.
+async fn follow(api: &mut PlannerClient<TracedChannel>, id: &str) -> Result<Phase, DemoError> {
+    let mut events = watch(api, id).await?;
     let mut last = Phase::Unspecified;
+    while let Some(rollout) = next(&mut events).await? {
+        last = rollout.phase();
+    }
+    Ok(last)
+}
+
+/// The transitions of rollout `id`.
+type Events = tonic::Streaming<planner::RolloutEvent>;
+
+async fn watch(api: &mut PlannerClient<TracedChannel>, id: &str) -> Result<Events, DemoError> {
+    let request = planner::WatchRolloutRequest { id: id.to_owned() };
+    Ok(api.watch_rollout(request).await.map_err(call("watch rollout"))?.into_inner())
+}
+
+/// The next state of the rollout, printed as one line; `None` once it ended.
+async fn next(events: &mut Events) -> Result<Option<planner::Rollout>, DemoError> {
     while let Some(event) = events.next().await {
         let event = event.map_err(call("watch rollout"))?;
         let Some(rollout) = event.rollout else { continue };
-        on_event(&rollout);
         let new = rollout.weights.get("new").copied().unwrap_or(0);
         let verdict = rollout
             .last_verdict
@@ -322,7 +438,7 @@ async fn follow(
             .map(|v| format!(" | verdict {} ({:.0})", v.outcome().as_str_name(), v.score))
             .unwrap_or_default();
         println!("  [{:>10}] new {:>3}% | {}{verdict}", rollout.phase().as_str_name(), new / 100, event.reason);
-        last = rollout.phase();
+        return Ok(Some(rollout));
     }
-    Ok(last)
+    Ok(None)
 }
