@@ -462,3 +462,27 @@ spec:
     let unexpected = "apiVersion: batch/v1\nkind: CronJob\nmetadata: { name: c }\n";
     assert!(matches!(manifest::parse(unexpected), Err(manifest::RenderError::UnknownKind { .. })));
 }
+
+#[test]
+fn the_chart_readme_documents_every_value() {
+    let dir = manifest::chart_dir();
+    let values: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("values.yaml")).expect("values.yaml")).expect("yaml");
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("README.md");
+    let mut missing = Vec::new();
+    let mut pending = vec![(String::new(), &values)];
+    while let Some((path, value)) = pending.pop() {
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() && !path.ends_with("resources") => {
+                let prefix = if path.is_empty() { String::new() } else { format!("{path}.") };
+                pending.extend(map.iter().map(|(key, value)| (format!("{prefix}{key}"), value)));
+            }
+            _ => {
+                if !readme.contains(&format!("| `{path}` |")) {
+                    missing.push(path);
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README.md lacks rows for {missing:?}");
+}
