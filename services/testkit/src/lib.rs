@@ -9,6 +9,7 @@
 mod backend;
 pub mod grpc;
 pub mod http;
+pub mod kube;
 mod nginx;
 mod port;
 mod process;
@@ -19,6 +20,7 @@ mod tool;
 mod wait;
 
 pub use self::backend::{BACKEND_HEADER, Backend};
+pub use self::kube::KubeApiServer;
 pub use self::nginx::NginxServer;
 pub use self::port::free_port;
 pub use self::process::{ServiceProcess, check_binary_lifecycle};
