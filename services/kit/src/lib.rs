@@ -10,6 +10,7 @@
 pub mod client;
 pub mod config;
 mod entry;
+pub mod kubernetes;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -28,6 +28,9 @@ pub enum Error {
     /// The service could not start serving.
     #[error(transparent)]
     Serve(#[from] ficus_kit::server::ServeError),
+    /// The configured Kubernetes cluster cannot be reached.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] ficus_kit::kubernetes::KubernetesError),
     /// A stored route cannot be decoded.
     #[error("stored route `{route}` is unreadable: {reason}")]
     Corrupt {
@@ -47,6 +50,7 @@ impl From<Error> for Status {
             Error::Store(error) => error.into(),
             Error::Corrupt { .. } => Status::data_loss(error.to_string()),
             Error::Serve(_) => Status::internal(error.to_string()),
+            Error::Kubernetes(_) => Status::unavailable(error.to_string()),
         }
     }
 }

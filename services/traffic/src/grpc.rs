@@ -10,7 +10,7 @@ use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{registry::Registry, stats::Stats, table::LiveTable};
+use crate::{adapters::kubernetes::Ledger, registry::Registry, stats::Stats, table::LiveTable};
 
 /// Window of `GetTrafficStats` when the request names none.
 const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
@@ -19,15 +19,32 @@ const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct TrafficService {
     registry: Registry,
+    /// The state of routes' Kubernetes objects; `None` when no cluster is configured.
+    kubernetes: Option<Arc<Ledger>>,
     stats: Stats,
     retention: Duration,
     shutdown: CancellationToken,
 }
 
 impl TrafficService {
-    /// Serves `registry` and `stats`; streams end when `shutdown` is cancelled.
-    pub fn new(registry: Registry, stats: Stats, retention: Duration, shutdown: CancellationToken) -> Self {
-        Self { registry, stats, retention, shutdown }
+    /// Serves `registry` and `stats`; streams end when `shutdown` is cancelled. Routes may
+    /// target Kubernetes objects only when `kubernetes` (their applier's ledger) is given.
+    pub fn new(
+        registry: Registry,
+        stats: Stats,
+        retention: Duration,
+        kubernetes: Option<Arc<Ledger>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { registry, kubernetes, stats, retention, shutdown }
+    }
+
+    /// The route with its Kubernetes object's status, when it has one.
+    fn with_status(&self, mut route: proto::Route) -> proto::Route {
+        if route.kubernetes.is_some() {
+            route.kubernetes_status = self.kubernetes.as_ref().and_then(|ledger| ledger.status(&route.name));
+        }
+        route
     }
 }
 
@@ -42,18 +59,24 @@ impl TrafficControl for TrafficService {
     async fn put_route(&self, request: Request<proto::PutRouteRequest>) -> Result<Response<proto::Route>, Status> {
         let request = request.into_inner();
         let route = request.route.ok_or_else(|| status::invalid_argument("route", "required"))?;
+        if route.kubernetes.is_some() && self.kubernetes.is_none() {
+            return Err(Status::failed_precondition(
+                "route.kubernetes: this traffic service has no [kubernetes] configuration to reach a cluster",
+            ));
+        }
         Ok(Response::new(self.registry.put(&route, request.expected_generation).await?))
     }
 
     async fn get_route(&self, request: Request<proto::GetRouteRequest>) -> Result<Response<proto::Route>, Status> {
-        Ok(Response::new(self.registry.get(&request.into_inner().name).await?))
+        Ok(Response::new(self.with_status(self.registry.get(&request.into_inner().name).await?)))
     }
 
     async fn list_routes(
         &self,
         _request: Request<proto::ListRoutesRequest>,
     ) -> Result<Response<proto::ListRoutesResponse>, Status> {
-        Ok(Response::new(proto::ListRoutesResponse { routes: self.registry.list().await? }))
+        let routes = self.registry.list().await?.into_iter().map(|route| self.with_status(route)).collect();
+        Ok(Response::new(proto::ListRoutesResponse { routes }))
     }
 
     async fn delete_route(

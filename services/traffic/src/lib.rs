@@ -50,6 +50,9 @@ pub struct Config {
     /// A front nginx to keep in step with the routes, for teams that keep theirs.
     #[serde(default)]
     pub nginx: Option<adapters::NginxSettings>,
+    /// The cluster whose ingress, Gateway API, Istio or Service objects routes may target.
+    #[serde(default)]
+    pub kubernetes: Option<adapters::kubernetes::KubernetesSettings>,
 }
 
 fn default_stats_retention() -> Duration {
@@ -64,6 +67,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             stats_retention: default_stats_retention(),
             nginx: None,
+            kubernetes: None,
         }
     }
 }
@@ -92,6 +96,11 @@ impl ServiceConfig for Config {
         if self.proxy.connect_timeout.is_zero() {
             return Err(ConfigError::invalid("proxy.connect_timeout", "must be positive"));
         }
+        if let Some(kubernetes) = &self.kubernetes
+            && (kubernetes.resync < Duration::from_millis(100) || kubernetes.resync > Duration::from_secs(3600))
+        {
+            return Err(ConfigError::invalid("kubernetes.resync", "must be between 100ms and 1h"));
+        }
         if self.stats_retention < Duration::from_secs(1) || self.stats_retention > Duration::from_secs(24 * 3600) {
             return Err(ConfigError::invalid("stats_retention", "must be between 1s and 24h"));
         }
@@ -115,11 +124,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tokio::spawn(adapters::follow_nginx(adapter, table.clone(), shutdown.clone()));
     }
 
+    let kubernetes = match &config.kubernetes {
+        Some(settings) => {
+            let client = ficus_kit::kubernetes::client(settings.kubeconfig.as_deref()).await?;
+            let ledger = Arc::new(adapters::kubernetes::Ledger::default());
+            let follow = adapters::kubernetes::follow_kubernetes(
+                client,
+                table.clone(),
+                ledger.clone(),
+                settings.resync,
+                shutdown.clone(),
+            );
+            tokio::spawn(follow);
+            Some(ledger)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.proxy.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
     let proxy_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
-    let service = TrafficService::new(registry, stats.clone(), config.stats_retention, shutdown.clone());
+    let service = TrafficService::new(registry, stats.clone(), config.stats_retention, kubernetes, shutdown.clone());
     let routes = tonic::service::Routes::new(TrafficControlServer::new(service));
     let mut server = Server::new(ficus_proto::service_names::TRAFFIC, config.server, routes).depends_on(store);
     stats.register(server.registry());

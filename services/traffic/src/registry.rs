@@ -63,6 +63,9 @@ impl Registry {
                 return Err(Error::Conflict { route: name.to_owned(), current: Some(route.generation) });
             }
             route.weights = route.weights_from(weights, "weights")?;
+            if let Some(target) = &route.kubernetes {
+                target.check_expressible(&route, "route.kubernetes", "weights")?;
+            }
             let generation = route.generation;
             match self.write(route, Expect::Version(generation)).await {
                 Err(Error::Conflict { .. }) if expected_generation == 0 => continue,

@@ -35,6 +35,8 @@ pub struct Route {
     pub mirror: Option<Mirror>,
     /// Version of the route in the store; bumped on every change.
     pub generation: u64,
+    /// The Kubernetes object that carries the route too, if any.
+    pub kubernetes: Option<crate::adapters::kubernetes::Target>,
 }
 
 /// Which requests a route takes.
@@ -220,6 +222,7 @@ impl Route {
             sticky: None,
             mirror: None,
             generation,
+            kubernetes: None,
         };
         built.weights = built.weights_from(&route.weights, &format!("{field}.weights"))?;
         built.rules = route
@@ -231,6 +234,13 @@ impl Route {
         built.sticky = sticky(route.sticky.as_ref(), &format!("{field}.sticky"))?;
         built.mirror =
             route.mirror.as_ref().map(|mirror| built.mirror(mirror, &format!("{field}.mirror"))).transpose()?;
+        built.kubernetes = route
+            .kubernetes
+            .as_ref()
+            .map(|target| {
+                crate::adapters::kubernetes::Target::from_proto(target, &built, &format!("{field}.kubernetes"))
+            })
+            .transpose()?;
         Ok(built)
     }
 
@@ -328,6 +338,8 @@ impl Route {
             }),
             generation: self.generation,
             updated_at,
+            kubernetes: self.kubernetes.as_ref().map(|target| target.to_proto(self)),
+            kubernetes_status: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! An adapter turns the route table into another proxy's configuration and applies it
 //! safely: a configuration the proxy refuses never replaces the one it serves.
 
+pub mod kubernetes;
 pub mod nginx;
 
 use std::{path::PathBuf, sync::Arc};

@@ -41,8 +41,14 @@ impl Traffic {
     }
 
     pub async fn start_in(data: tempfile::TempDir) -> Self {
+        Self::start_configured(data, |_| {}).await
+    }
+
+    /// Starts with the ephemeral configuration as `configure` changes it.
+    pub async fn start_configured(data: tempfile::TempDir, configure: impl FnOnce(&mut ficus_traffic::Config)) -> Self {
         let shutdown = CancellationToken::new();
-        let config = ficus_traffic::Config::ephemeral(data.path().display().to_string());
+        let mut config = ficus_traffic::Config::ephemeral(data.path().display().to_string());
+        configure(&mut config);
         let running = ficus_traffic::start(config, shutdown.clone()).await.expect("traffic starts");
         let proxy = running.addr(ficus_traffic::DATA_PLANE).expect("data plane address");
         let api = TrafficControlClient::new(ficus_testkit::grpc::channel(running.grpc_addr));
