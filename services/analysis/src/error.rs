@@ -19,6 +19,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The request needs a source this service is not configured with; nothing started.
+    #[error("{0}")]
+    Unsupported(String),
     /// A stored run cannot be decoded.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
@@ -32,6 +35,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Status::already_exists(error.to_string()),
             Error::Store(error) => error.into(),
             Error::Corrupt(_) => Status::data_loss(error.to_string()),
+            Error::Unsupported(_) => Status::failed_precondition(error.to_string()),
         }
     }
 }

@@ -31,7 +31,7 @@ pub use self::error::Error as AnalysisError;
 use self::{
     grpc::AnalysisService,
     runs::Runs,
-    source::{PrometheusConfig, PrometheusSource, Sources, TrafficSource},
+    source::{PodSource, PrometheusConfig, PrometheusSource, Sources, TrafficSource},
 };
 
 /// Configuration of the analysis service.
@@ -46,6 +46,9 @@ pub struct Config {
     /// The Prometheus server checks query by default.
     #[serde(default)]
     pub prometheus: PrometheusConfig,
+    /// The cluster whose pods pod-health checks read; those checks are refused without it.
+    #[serde(default)]
+    pub kubernetes: Option<ficus_kit::kubernetes::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             store: "data/analysis".into(),
             traffic: "127.0.0.1:7003".into(),
             prometheus: PrometheusConfig::default(),
+            kubernetes: None,
         }
     }
 }
@@ -99,6 +103,9 @@ pub enum Error {
     /// The server could not start.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The configured cluster cannot be reached.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] ficus_kit::kubernetes::KubernetesError),
 }
 
 /// How long one call to a peer service may take.
@@ -108,8 +115,15 @@ const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let store = Store::open(&config.store, "analysis").await?;
     let traffic = client::connect(&config.traffic, PEER_TIMEOUT)?;
-    let sources =
-        Sources { traffic: TrafficSource::new(traffic.clone()), prometheus: PrometheusSource::new(config.prometheus)? };
+    let pods = match &config.kubernetes {
+        Some(cluster) => Some(PodSource::new(ficus_kit::kubernetes::client(cluster.kubeconfig.as_deref()).await?)),
+        None => None,
+    };
+    let sources = Sources {
+        traffic: TrafficSource::new(traffic.clone()),
+        prometheus: PrometheusSource::new(config.prometheus)?,
+        pods,
+    };
     let runs = Runs::open(store.clone(), sources, shutdown.clone()).await?;
     let routes = tonic::service::Routes::new(AnalysisServer::new(AnalysisService::new(runs, shutdown.clone())));
     let server = Server::new(ficus_proto::service_names::ANALYSIS, config.server, routes)

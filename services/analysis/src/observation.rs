@@ -112,6 +112,8 @@ pub struct Observed {
     pub baseline: Observation,
     /// The side under test.
     pub canary: Observation,
+    /// What the source adds to the check's reason, e.g. which pod restarted.
+    pub note: Option<String>,
 }
 
 #[cfg(test)]

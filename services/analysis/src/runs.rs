@@ -80,6 +80,7 @@ impl Runs {
     pub async fn analyze(&self, request: proto::AnalyzeRequest) -> Result<proto::Verdict, Error> {
         let target = request::target(request.target.as_ref(), "target")?;
         let (template_proto, template) = request::template(request.template.as_ref(), "template")?;
+        self.sources.check_available(&template_proto, "template")?;
         let window = request::positive(request.window.as_ref(), "window")?.unwrap_or(request::DEFAULT_ANALYZE_WINDOW);
         let observed = self.sources.observe(&target, &template_proto.checks, window).await;
         let mut verdict = Judge::new(template, Some(1)).judge(&observed, SystemTime::now());
@@ -91,6 +92,7 @@ impl Runs {
     /// Starts a run, or returns the one already started with the same id.
     pub async fn start(&self, request: proto::StartRunRequest) -> Result<proto::Run, Error> {
         let spec = RunSpec::from_request(&request)?;
+        self.sources.check_available(&spec.template_proto, "template")?;
         let id = if request.run_id.is_empty() { new_id() } else { request::run_id(&request.run_id)? };
         if let Some(existing) = self.read(&id).await? {
             if existing.target.as_ref() != Some(&spec.target) {

@@ -1,6 +1,17 @@
 //! Reaching a Kubernetes cluster, the same way for every service that does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which cluster a service reads, the `kubernetes` section of its configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// A kubeconfig file; unset, the pod's service account in a cluster, else the default
+    /// kubeconfig.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
 
 /// Why no client for the cluster could be made.
 #[derive(Debug, thiserror::Error)]

@@ -103,7 +103,13 @@ pub(crate) fn evaluate(
     let (judged, observed) = match observed {
         None => (Judged::inconclusive("no observation was made for this check".to_owned()), None),
         Some(Err(error)) => (Judged::inconclusive(format!("source failed: {error}")), None),
-        Some(Ok(observed)) => (judge_observed(spec, observed, look, state), Some(observed)),
+        Some(Ok(observed)) => {
+            let mut judged = judge_observed(spec, observed, look, state);
+            if let Some(note) = &observed.note {
+                judged.reason = format!("{}: {note}", judged.reason);
+            }
+            (judged, Some(observed))
+        }
     };
     let judged = match (&state.failed, judged.outcome) {
         (Some(failed), outcome) if outcome != Outcome::Fail => Judged {

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use ficus_kit::status::InvalidField;
 use ficus_proto::analysis::v1::{
-    self as proto, builtin_metric::Kind, check::Rule as ProtoRule, metric::Source, prometheus_metric::ValueKind,
+    self as proto, builtin_metric::Kind, check::Rule as ProtoRule, metric::Source, pod_health_metric,
+    prometheus_metric::ValueKind,
 };
 
 use crate::observation::ObservationKind;
@@ -72,6 +73,8 @@ pub enum MetricSpec {
     },
     /// Values given in the template.
     Fixed,
+    /// A health signal of the canary's pods.
+    PodHealth,
 }
 
 impl MetricSpec {
@@ -80,7 +83,9 @@ impl MetricSpec {
         match self {
             Self::ErrorRate | Self::Prometheus { rate: true } => ObservationKind::Proportion,
             Self::Latency { .. } => ObservationKind::Latency,
-            Self::RequestRate | Self::Prometheus { rate: false } | Self::Fixed => ObservationKind::Value,
+            Self::RequestRate | Self::Prometheus { rate: false } | Self::Fixed | Self::PodHealth => {
+                ObservationKind::Value
+            }
         }
     }
 
@@ -92,6 +97,7 @@ impl MetricSpec {
             Self::RequestRate => "request rate".to_owned(),
             Self::Prometheus { rate: true } => "rate".to_owned(),
             Self::Prometheus { rate: false } | Self::Fixed => "value".to_owned(),
+            Self::PodHealth => "pod health".to_owned(),
         }
     }
 }
@@ -205,14 +211,15 @@ fn check_spec(check: &proto::Check, path: &str) -> Result<CheckSpec, InvalidFiel
         rule,
         weight,
         critical: check.critical,
-        min_samples: check.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES),
+        // A pod-health value counts pods, not requests: one pod is enough to judge.
+        min_samples: check.min_samples.unwrap_or(if metric == MetricSpec::PodHealth { 1 } else { DEFAULT_MIN_SAMPLES }),
     })
 }
 
 fn metric_spec(metric: Option<&proto::Metric>, path: &str) -> Result<MetricSpec, InvalidField> {
     let source = metric
         .and_then(|metric| metric.source.as_ref())
-        .ok_or_else(|| InvalidField::new(path, "required: one of builtin, prometheus, fixed"))?;
+        .ok_or_else(|| InvalidField::new(path, "required: one of builtin, prometheus, fixed, pod_health"))?;
     match source {
         Source::Builtin(builtin) => {
             let kind =
@@ -270,6 +277,22 @@ fn metric_spec(metric: Option<&proto::Metric>, path: &str) -> Result<MetricSpec,
             }
             Ok(MetricSpec::Prometheus { rate })
         }
+        Source::PodHealth(pods) => {
+            let field = |name: &str| format!("{path}.pod_health.{name}");
+            ficus_kit::status::check_name(&field("namespace"), &pods.namespace)?;
+            label_selector(&pods.label_selector)
+                .map_err(|reason| InvalidField::new(field("label_selector"), reason))?;
+            let signal = pod_health_metric::Signal::try_from(pods.signal).ok();
+            if signal.is_none_or(|signal| signal == pod_health_metric::Signal::Unspecified) {
+                return Err(InvalidField::new(field("signal"), "one of RESTARTS, OOM_KILLED, NOT_READY"));
+            }
+            if let Some(window) = &pods.window
+                && !(window.seconds > 0 || (window.seconds == 0 && window.nanos > 0))
+            {
+                return Err(InvalidField::new(field("window"), "must be a positive duration"));
+            }
+            Ok(MetricSpec::PodHealth)
+        }
         Source::Fixed(fixed) => {
             for (name, value) in [("baseline", fixed.baseline), ("canary", fixed.canary)] {
                 if !value.is_finite() {
@@ -279,6 +302,55 @@ fn metric_spec(metric: Option<&proto::Metric>, path: &str) -> Result<MetricSpec,
             Ok(MetricSpec::Fixed)
         }
     }
+}
+
+/// Checks a label selector's syntax: comma-separated `key=value`, `key!=value`,
+/// `key in (a,b)`, `key notin (a,b)`, `key` or `!key`, with label keys and values.
+fn label_selector(selector: &str) -> Result<(), String> {
+    if selector.trim().is_empty() {
+        return Err("required, e.g. `app=shop,track=canary`".to_owned());
+    }
+    let key = regex::Regex::new(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+        .map_err(|error| error.to_string())?;
+    let value =
+        regex::Regex::new(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$").map_err(|error| error.to_string())?;
+    let set =
+        regex::Regex::new(r"^\s*(!?)\s*([^\s!=(),]+)\s*(?:(==|!=|=)\s*([^\s,]*)|\s(in|notin)\s*\(([^)]*)\))?\s*$")
+            .map_err(|error| error.to_string())?;
+    // Split on commas outside parentheses.
+    let (mut depth, mut start, mut parts) = (0, 0, Vec::new());
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&selector[start..]);
+    for part in parts {
+        let captures = set.captures(part).ok_or_else(|| format!("`{}` is not a selector requirement", part.trim()))?;
+        let name = &captures[2];
+        if !key.is_match(name) || name.len() > 317 {
+            return Err(format!("`{name}` is not a label key"));
+        }
+        let negated = !captures[1].is_empty();
+        let values: Vec<&str> = match (captures.get(4), captures.get(6)) {
+            (Some(single), _) => vec![single.as_str()],
+            (None, Some(list)) => list.as_str().split(',').map(str::trim).collect(),
+            (None, None) => vec![],
+        };
+        if negated && !values.is_empty() {
+            return Err(format!("`{}`: `!` goes with a bare key", part.trim()));
+        }
+        if let Some(bad) = values.iter().find(|v| !value.is_match(v) || v.len() > 63) {
+            return Err(format!("`{bad}` is not a label value"));
+        }
+    }
+    Ok(())
 }
 
 fn rule(rule: Option<&ProtoRule>, metric: MetricSpec, path: &str) -> Result<Rule, InvalidField> {

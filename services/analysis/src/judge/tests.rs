@@ -27,9 +27,9 @@ fn default_observed(
     latencies: (Observation, Observation),
 ) -> Vec<Result<Observed, String>> {
     vec![
-        Ok(Observed { baseline: errors.0.clone(), canary: errors.1.clone() }),
-        Ok(Observed { baseline: latencies.0, canary: latencies.1 }),
-        Ok(Observed { baseline: errors.0, canary: errors.1 }),
+        Ok(Observed { baseline: errors.0.clone(), canary: errors.1.clone(), note: None }),
+        Ok(Observed { baseline: latencies.0, canary: latencies.1, note: None }),
+        Ok(Observed { baseline: errors.0, canary: errors.1, note: None }),
     ]
 }
 
@@ -116,11 +116,12 @@ fn missing_observations_are_failed_sources() {
 fn nan_values_and_empty_histograms_do_not_panic_and_do_not_pass() {
     let empty = Observation::Latency { buckets: vec![], quantile: 0.99, value: f64::NAN };
     let observed = vec![
-        Ok(Observed { baseline: rate(0, 0), canary: rate(0, 0) }),
-        Ok(Observed { baseline: empty.clone(), canary: empty }),
+        Ok(Observed { baseline: rate(0, 0), canary: rate(0, 0), note: None }),
+        Ok(Observed { baseline: empty.clone(), canary: empty, note: None }),
         Ok(Observed {
             baseline: Observation::Value { value: f64::NAN, samples: 1000 },
             canary: Observation::Value { value: 1.0, samples: 1000 },
+            note: None,
         }),
     ];
     for planned in [Some(1), None] {
@@ -199,7 +200,7 @@ fn statistical_latency_rules_use_the_relative_margin() {
         }],
         ..Default::default()
     };
-    let observed = [Ok(Observed { baseline: latency(100_000, 1.0), canary: latency(5_000, 1.2) })];
+    let observed = [Ok(Observed { baseline: latency(100_000, 1.0), canary: latency(5_000, 1.2), note: None })];
     let judge_with = |margin| {
         Judge::new(Template::from_proto(&statistical(margin), "template").unwrap(), Some(1))
             .judge(&observed, SystemTime::now())
@@ -229,6 +230,7 @@ fn plain_values_compare_numbers() {
     let observed = [Ok(Observed {
         baseline: Observation::Value { value: 0.0, samples: 1000 },
         canary: Observation::Value { value: 3.0, samples: 1000 },
+        note: None,
     })];
     let judge_with = |rule| {
         Judge::new(Template::from_proto(&fixed(rule), "template").unwrap(), None).judge(&observed, SystemTime::now())
@@ -266,7 +268,7 @@ fn error_rate() -> Source {
 fn sliding_windows_spend_alpha_look_by_look() {
     let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
     // 40 vs 25 expected errors: p ≈ 0.004, enough for one look at 0.05, not for 1/61 of it.
-    let observed = [Ok(Observed { baseline: rate(500, 100_000), canary: rate(40, 5_000) })];
+    let observed = [Ok(Observed { baseline: rate(500, 100_000), canary: rate(40, 5_000), note: None })];
     let one_shot = Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now());
     assert_eq!(one_shot.outcome(), Outcome::Fail, "{one_shot:#?}");
     let mut sliding = Judge::new(template, Some(60)).with_sliding_window();
@@ -280,7 +282,7 @@ fn sliding_windows_spend_alpha_look_by_look() {
 fn relative_rules_on_rates_are_tested() {
     let template = single(error_rate(), ProtoRule::Relative(proto::Relative { max_ratio: 1.5 }));
     let judge_with = |canary| {
-        let observed = [Ok(Observed { baseline: rate(1_000, 100_000), canary })];
+        let observed = [Ok(Observed { baseline: rate(1_000, 100_000), canary, note: None })];
         Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
     };
     // 1.2% vs 1%: within 1.5 x.
@@ -303,7 +305,7 @@ fn a_rate_floor_fails_only_when_significantly_below() {
     });
     let template = single(success, ProtoRule::Threshold(proto::Threshold { max: None, min: Some(0.99) }));
     let judge_with = |canary| {
-        let observed = [Ok(Observed { baseline: rate(9_950, 10_000), canary })];
+        let observed = [Ok(Observed { baseline: rate(9_950, 10_000), canary, note: None })];
         Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
     };
     assert_eq!(judge_with(rate(995, 1_000)).outcome(), Outcome::Pass);
@@ -315,7 +317,7 @@ fn a_rate_floor_fails_only_when_significantly_below() {
 fn an_observation_of_the_wrong_shape_is_inconclusive() {
     let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
     let value = |value| Observation::Value { value, samples: 1_000 };
-    let observed = [Ok(Observed { baseline: value(0.0), canary: value(1.0) })];
+    let observed = [Ok(Observed { baseline: value(0.0), canary: value(1.0), note: None })];
     let verdict = Judge::new(template, None).judge(&observed, SystemTime::now());
     assert_eq!(verdict.checks[0].outcome(), Outcome::Inconclusive, "{verdict:#?}");
 }

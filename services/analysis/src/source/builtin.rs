@@ -83,7 +83,7 @@ impl TrafficStats {
                 Kind::Unspecified => Err("builtin metric kind is unspecified".to_owned()),
             }
         };
-        Ok(Observed { baseline: one(&self.baseline)?, canary: one(&self.canary)? })
+        Ok(Observed { baseline: one(&self.baseline)?, canary: one(&self.canary)?, note: None })
     }
 }
 

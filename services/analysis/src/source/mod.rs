@@ -2,17 +2,18 @@
 //! Prometheus needed), the Prometheus HTTP API, or fixed values for tests and drills.
 //!
 //! A source failure never becomes a PASS: the check it feeds is INCONCLUSIVE with the
-//! error as its reason. New kinds of source (Kubernetes pod health) add a module here and
-//! an arm in [`Sources::observe`].
+//! error as its reason. Pod health from the Kubernetes API is a source too, when the
+//! service is configured to reach a cluster.
 
 mod builtin;
+mod pods;
 mod prometheus;
 
 use std::time::Duration;
 
 use ficus_proto::analysis::v1::{self as proto, metric::Source};
 
-pub use self::{builtin::TrafficSource, prometheus::PrometheusConfig, prometheus::PrometheusSource};
+pub use self::{builtin::TrafficSource, pods::PodSource, prometheus::PrometheusConfig, prometheus::PrometheusSource};
 use crate::observation::{Observation, Observed};
 
 /// Every source a judgement may read.
@@ -22,6 +23,8 @@ pub struct Sources {
     pub traffic: TrafficSource,
     /// The Prometheus HTTP API.
     pub prometheus: PrometheusSource,
+    /// The Kubernetes API, when a cluster is configured.
+    pub pods: Option<PodSource>,
 }
 
 impl Sources {
@@ -45,11 +48,29 @@ impl Sources {
                 (Some(Source::Fixed(fixed)), _) => Ok(Observed {
                     baseline: Observation::Value { value: fixed.baseline, samples: fixed.samples },
                     canary: Observation::Value { value: fixed.canary, samples: fixed.samples },
+                    note: None,
                 }),
+                (Some(Source::PodHealth(metric)), _) => match &self.pods {
+                    Some(pods) => pods.observe(metric).await,
+                    None => Err("this analysis service has no [kubernetes] configuration".to_owned()),
+                },
                 (Some(Source::Builtin(_)), None) | (None, _) => Err("the check has no metric source".to_owned()),
             });
         }
         observed
+    }
+}
+
+impl Sources {
+    /// Refuses a template whose checks read a source this service does not have.
+    pub fn check_available(&self, template: &proto::AnalysisTemplate, field: &str) -> Result<(), crate::error::Error> {
+        let pod_health = template.checks.iter().position(|check| matches!(source(check), Some(Source::PodHealth(_))));
+        match pod_health {
+            Some(i) if self.pods.is_none() => Err(crate::error::Error::Unsupported(format!(
+                "{field}.checks[{i}].metric.pod_health: this analysis service has no [kubernetes] configuration"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -80,6 +80,7 @@ impl PrometheusSource {
         Ok(Observed {
             baseline: self.side(metric, &target.route, &target.baseline, window).await?,
             canary: self.side(metric, &target.route, &target.canary, window).await?,
+            note: None,
         })
     }
 

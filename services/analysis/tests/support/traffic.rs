@@ -182,10 +182,11 @@ impl Traffic {
     /// Observations for the default template's checks (error rate, p99 latency, error rate
     /// again) over everything since the start.
     pub fn default_observations(&self) -> Vec<Result<Observed, String>> {
-        let errors = Observed { baseline: self.baseline.errors(), canary: self.canary.errors() };
+        let errors = Observed { baseline: self.baseline.errors(), canary: self.canary.errors(), note: None };
         let latency = Observed {
             baseline: self.baseline.latency(&self.bounds, 0.99),
             canary: self.canary.latency(&self.bounds, 0.99),
+            note: None,
         };
         vec![Ok(errors.clone()), Ok(latency), Ok(errors)]
     }
