@@ -78,4 +78,26 @@ pub mod time {
         let nanos = u32::try_from(at.nanos).ok().filter(|nanos| *nanos < 1_000_000_000)?;
         UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
     }
+
+    /// Fields whose values are `google.protobuf.Duration`s anywhere in a `RolloutSpec`, in
+    /// both spellings the mapping accepts (camelCase and the proto name). People write
+    /// `10m` in them; the mapping wants `600s`.
+    pub const DURATION_KEYS: &[&str] =
+        &["window", "interval", "duration", "retention", "previewWindow", "preview_window", "step"];
+
+    /// Whether `value` is already in the mapping's form: seconds with up to nine decimals and `s`.
+    pub fn is_proto_duration(value: &str) -> bool {
+        let Some(number) = value.strip_suffix('s') else { return false };
+        let number = number.strip_prefix('-').unwrap_or(number);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
+        !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit()) && fraction.bytes().all(|b| b.is_ascii_digit())
+    }
+
+    /// `duration` as the mapping writes it: `86400s`, `0.500s`.
+    pub fn proto_duration(duration: Duration) -> String {
+        match duration.subsec_nanos() {
+            0 => format!("{}s", duration.as_secs()),
+            nanos => format!("{}.{nanos:09}s", duration.as_secs()),
+        }
+    }
 }

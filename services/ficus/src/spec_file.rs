@@ -23,15 +23,13 @@
 //! assert!(error.to_string().starts_with("spec.yaml:2:"), "{error}");
 //! ```
 
-use std::{fmt, io::Read, path::Path, time::Duration};
+use std::{fmt, io::Read, path::Path};
 
-use ficus_proto::planner::v1::RolloutSpec;
+use ficus_proto::{
+    planner::v1::RolloutSpec,
+    time::{DURATION_KEYS, is_proto_duration, proto_duration},
+};
 use serde::de::DeserializeOwned;
-
-/// Fields whose values are `google.protobuf.Duration`s anywhere in a `RolloutSpec`, in
-/// both spellings the mapping accepts (camelCase and the proto name).
-const DURATION_KEYS: &[&str] =
-    &["window", "interval", "duration", "retention", "previewWindow", "preview_window", "step"];
 
 /// Why a spec file could not be read, with where in the file when that is known.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,22 +201,6 @@ fn duration_value(line: &str, at: usize, key: &str) -> Option<(usize, usize, Str
     }
     let parsed = humantime::parse_duration(value).ok()?;
     Some((start, start + value.len(), proto_duration(parsed)))
-}
-
-/// Whether `value` is already in the mapping's form: seconds with up to nine decimals and `s`.
-fn is_proto_duration(value: &str) -> bool {
-    let Some(number) = value.strip_suffix('s') else { return false };
-    let number = number.strip_prefix('-').unwrap_or(number);
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
-    !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit()) && fraction.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// `duration` as the mapping writes it: `86400s`, `0.500s`.
-fn proto_duration(duration: Duration) -> String {
-    match duration.subsec_nanos() {
-        0 => format!("{}s", duration.as_secs()),
-        nanos => format!("{}.{nanos:09}s", duration.as_secs()),
-    }
 }
 
 #[cfg(test)]

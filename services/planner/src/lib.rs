@@ -11,6 +11,7 @@
 pub mod driver;
 mod error;
 pub mod grpc;
+pub mod kubernetes;
 pub mod lease;
 pub mod machine;
 pub mod plan;
@@ -25,7 +26,8 @@ use ficus_kit::{
     store::{Store, StoreError},
 };
 use ficus_proto::{
-    analysis::v1::analysis_client::AnalysisClient, planner::v1::planner_server::PlannerServer,
+    analysis::v1::analysis_client::AnalysisClient,
+    planner::v1::{planner_client::PlannerClient, planner_server::PlannerServer},
     traffic::v1::traffic_control_client::TrafficControlClient,
 };
 use std::time::Duration;
@@ -50,6 +52,9 @@ pub struct Config {
     /// undriven after its replica dies.
     #[serde(with = "humantime_serde", default = "default_lease_ttl")]
     pub lease_ttl: Duration,
+    /// The cluster whose Rollout objects the planner reconciles, and its leader Lease.
+    #[serde(default)]
+    pub kubernetes: Option<kubernetes::KubernetesSettings>,
 }
 
 fn default_lease_ttl() -> Duration {
@@ -64,6 +69,7 @@ impl Default for Config {
             traffic: "127.0.0.1:7003".into(),
             analysis: "127.0.0.1:7002".into(),
             lease_ttl: default_lease_ttl(),
+            kubernetes: None,
         }
     }
 }
@@ -87,6 +93,22 @@ impl ServiceConfig for Config {
         config::check_store("store", &self.store)?;
         config::check_peer("traffic", &self.traffic)?;
         config::check_peer("analysis", &self.analysis)?;
+        if let Some(kubernetes) = &self.kubernetes {
+            if let Some(lease) = &kubernetes.lease {
+                let valid = kubernetes.lease().is_some_and(|(namespace, name)| {
+                    ficus_kit::status::check_name("", namespace).is_ok()
+                        && ficus_kit::status::check_name("", name).is_ok()
+                });
+                if !valid {
+                    return Err(ConfigError::invalid("kubernetes.lease", format!("`{lease}` is not namespace/name")));
+                }
+            }
+            if let Some(namespace) = &kubernetes.namespace
+                && ficus_kit::status::check_name("", namespace).is_err()
+            {
+                return Err(ConfigError::invalid("kubernetes.namespace", format!("`{namespace}` is not a namespace")));
+            }
+        }
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(ConfigError::invalid("lease_ttl", "must be at least 1s"));
         }
@@ -106,6 +128,9 @@ pub enum Error {
     /// The server could not start.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The configured cluster cannot be reached.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] ficus_kit::kubernetes::KubernetesError),
 }
 
 /// How long one call to a peer service may take.
@@ -119,7 +144,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let analysis = client::connect(&config.analysis, PEER_TIMEOUT)?;
     let rollouts = Rollouts::new(store.clone());
     tokio::spawn(rollouts.clone().follow(shutdown.clone()));
-    let leadership = lease::run(store.clone(), replica_name(), config.lease_ttl, shutdown.clone());
+    let cluster = match &config.kubernetes {
+        Some(settings) => Some(ficus_kit::kubernetes::client(settings.kubeconfig.as_deref()).await?),
+        None => None,
+    };
+    let leadership = match (&cluster, config.kubernetes.as_ref().and_then(|settings| settings.lease())) {
+        (Some(client), Some((namespace, name))) => {
+            kubernetes::lease::run(client.clone(), namespace, name, replica_name(), config.lease_ttl, shutdown.clone())
+        }
+        _ => lease::run(store.clone(), replica_name(), config.lease_ttl, shutdown.clone()),
+    };
     let peers =
         Peers { traffic: TrafficControlClient::new(traffic.clone()), analysis: AnalysisClient::new(analysis.clone()) };
     tokio::spawn(driver::run(rollouts.clone(), peers.clone(), leadership, shutdown.clone()));
@@ -129,7 +163,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .depends_on(store)
         .depends_on(Peer::new(ficus_proto::service_names::TRAFFIC, traffic))
         .depends_on(Peer::new(ficus_proto::service_names::ANALYSIS, analysis));
-    Ok(server.start(shutdown).await?)
+    let running = server.start(shutdown.clone()).await?;
+    if let Some(client) = cluster {
+        // The controller goes through this planner's own API, validation included.
+        let own = client::connect(&running.grpc_addr.to_string(), PEER_TIMEOUT)?;
+        let namespace = config.kubernetes.and_then(|settings| settings.namespace);
+        tokio::spawn(kubernetes::controller::run(client, namespace, PlannerClient::new(own), shutdown));
+    }
+    Ok(running)
 }
 
 /// This replica's name in the lease: the host and a random suffix, unique per start.

@@ -58,12 +58,22 @@ impl Peers {
 
     /// A planner in this process on `store`.
     pub async fn planner(&self, store: &str) -> (Running, PlannerClient<Channel>, CancellationToken) {
+        self.planner_with(store, |_| {}).await
+    }
+
+    /// A planner in this process on `store`, its configuration changed by `configure`.
+    pub async fn planner_with(
+        &self,
+        store: &str,
+        configure: impl FnOnce(&mut ficus_planner::Config),
+    ) -> (Running, PlannerClient<Channel>, CancellationToken) {
         let shutdown = CancellationToken::new();
-        let config = ficus_planner::Config::ephemeral(
+        let mut config = ficus_planner::Config::ephemeral(
             store,
             self.traffic.grpc_addr.to_string(),
             self.analysis.grpc_addr.to_string(),
         );
+        configure(&mut config);
         let running = ficus_planner::start(config, shutdown.clone()).await.expect("planner starts");
         let api = PlannerClient::new(ficus_testkit::grpc::channel(running.grpc_addr));
         (running, api, shutdown)
