@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument;
 
+use crate::kubernetes::scale::{Progress, Scaler};
 use crate::{
     error::Error,
     lease::Leadership,
@@ -48,6 +49,8 @@ pub struct Peers {
     pub traffic: TrafficControlClient<TracedChannel>,
     /// Metric analysis.
     pub analysis: AnalysisClient<TracedChannel>,
+    /// Deployments scaled with the weight, when a cluster is configured.
+    pub scaler: Option<crate::kubernetes::scale::Scaler>,
 }
 
 /// Drives every active rollout while this replica leads.
@@ -221,8 +224,21 @@ impl Drive {
                     .await;
             }
         };
+        let replicas = self.replicas(&spec, &rollout);
+        if let Some((scaler, deployments, target)) = &replicas {
+            match scaler.grow(deployments, *target).await {
+                Ok(Progress::Done) => {}
+                Ok(Progress::Waiting(why)) => return self.hold(rollout, format!("holding: {why}")).await,
+                Err(error) => return self.hold(rollout, format!("holding: cannot scale: {error}")).await,
+            }
+        }
         if let Err(error) = apply_weights(&self.peers.traffic, &spec.route, &rollout.weights).await {
             return self.hold(rollout, format!("holding: {error}")).await;
+        }
+        if let Some((scaler, deployments, target)) = &replicas
+            && let Err(error) = scaler.shrink(deployments, *target).await
+        {
+            tracing::warn!(rollout = %self.id, %error, "cannot scale down; the next pass retries");
         }
         if machine::is_terminal(rollout.phase()) {
             return Next::Done;
@@ -366,6 +382,19 @@ impl Drive {
                 () = self.stop.cancelled() => return Next::Done,
             }
         }
+    }
+
+    /// The scaler, Deployments and replica counts of the rollout's current weights, when
+    /// it scales Deployments and a cluster is configured.
+    fn replicas(
+        &self,
+        spec: &crate::spec::Spec,
+        rollout: &proto::Rollout,
+    ) -> Option<(Scaler, proto::ScaledDeployments, crate::replicas::ReplicaPlan)> {
+        let scaler = self.peers.scaler.clone()?;
+        let deployments = rollout.spec.as_ref()?.scaling.as_ref()?.deployments.clone()?;
+        let weight = rollout.weights.get(&spec.canary_backend).copied().unwrap_or(0);
+        Some((scaler, deployments, spec.scaling?.at_weight(weight)))
     }
 
     async fn advance(&self, rollout: &proto::Rollout, plan: &crate::plan::Plan, why: &str) -> Next {

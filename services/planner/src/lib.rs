@@ -154,8 +154,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         _ => lease::run(store.clone(), replica_name(), config.lease_ttl, shutdown.clone()),
     };
-    let peers =
-        Peers { traffic: TrafficControlClient::new(traffic.clone()), analysis: AnalysisClient::new(analysis.clone()) };
+    let peers = Peers {
+        traffic: TrafficControlClient::new(traffic.clone()),
+        analysis: AnalysisClient::new(analysis.clone()),
+        scaler: cluster.clone().map(kubernetes::scale::Scaler::new),
+    };
     tokio::spawn(driver::run(rollouts.clone(), peers.clone(), leadership, shutdown.clone()));
     let service = PlannerService::new(rollouts, peers.traffic, shutdown.clone());
     let routes = tonic::service::Routes::new(PlannerServer::new(service));

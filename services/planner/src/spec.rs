@@ -333,6 +333,15 @@ fn analysis_settings(analysis: &proto::AnalysisSpec, field: &str) -> Result<Anal
 }
 
 fn scaling_budget(scaling: &proto::Scaling, field: &str) -> Result<Scaling, InvalidField> {
+    if let Some(deployments) = &scaling.deployments {
+        let path = format!("{field}.deployments");
+        check_name(&format!("{path}.namespace"), &deployments.namespace)?;
+        check_name(&format!("{path}.stable"), &deployments.stable)?;
+        check_name(&format!("{path}.canary"), &deployments.canary)?;
+        if deployments.stable == deployments.canary {
+            return Err(InvalidField::new(format!("{path}.canary"), "must differ from the stable Deployment"));
+        }
+    }
     Scaling::new(scaling.replicas, &scaling.max_surge, &scaling.max_unavailable).map_err(|error| match error {
         ScalingError::NoReplicas => InvalidField::new(format!("{field}.replicas"), "at least 1 replica"),
         ScalingError::MaxSurge(error) => InvalidField::new(format!("{field}.max_surge"), error.to_string()),

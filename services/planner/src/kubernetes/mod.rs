@@ -1,9 +1,13 @@
-//! The planner in a Kubernetes cluster: the `Rollout` resource and its controller, and
-//! leadership through a `coordination.k8s.io` Lease.
+//! The planner in a Kubernetes cluster: the `Rollout` resource and its controller,
+//! leadership through a `coordination.k8s.io` Lease, and Deployments scaled with the weight.
 
 pub mod controller;
 pub mod lease;
 pub mod resource;
+pub mod scale;
+
+/// The field manager of the planner's writes.
+pub const FIELD_MANAGER: &str = "ficus-planner";
 
 use std::path::PathBuf;
 

@@ -203,7 +203,12 @@ fn previous_weight_is_the_stage_before_the_current_one() {
 #[test]
 fn steps_carry_replica_counts_when_the_spec_scales() {
     let mut spec = default_strangler();
-    spec.scaling = Some(proto::Scaling { replicas: 10, max_surge: "25%".into(), max_unavailable: "25%".into() });
+    spec.scaling = Some(proto::Scaling {
+        replicas: 10,
+        max_surge: "25%".into(),
+        max_unavailable: "25%".into(),
+        deployments: None,
+    });
     let plan = plan_of(&spec);
     let counts: Vec<(u32, u32)> = plan
         .steps()

@@ -74,7 +74,12 @@ fn refusals_name_the_field_path() {
         spec
     };
     let scaling = |replicas, surge: &str, unavailable: &str| {
-        Some(proto::Scaling { replicas, max_surge: surge.into(), max_unavailable: unavailable.into() })
+        Some(proto::Scaling {
+            replicas,
+            max_surge: surge.into(),
+            max_unavailable: unavailable.into(),
+            deployments: None,
+        })
     };
     let analysis = |interval, stage_templates: Vec<(f64, bool)>| {
         Some(proto::AnalysisSpec {
@@ -221,7 +226,12 @@ fn blue_green_keeps_the_old_side_two_weeks_by_default_and_at_most_ninety_days() 
 #[test]
 fn scaling_and_policy_are_resolved() {
     let mut spec = canary(vec![set_weight(50.0)]);
-    spec.scaling = Some(proto::Scaling { replicas: 10, max_surge: String::new(), max_unavailable: String::new() });
+    spec.scaling = Some(proto::Scaling {
+        replicas: 10,
+        max_surge: String::new(),
+        max_unavailable: String::new(),
+        deployments: None,
+    });
     spec.failure_policy = FailurePolicy::PauseForHuman as i32;
     let spec = Spec::from_proto(&spec, "spec").expect("valid");
     assert_eq!(spec.scaling, Some(Scaling { replicas: 10, max_surge: 3, max_unavailable: 2 }));
