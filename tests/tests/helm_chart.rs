@@ -64,7 +64,9 @@ fn every_pod_is_hardened() {
                 Some("RuntimeDefault"),
                 "{context}: pod seccomp"
             );
-            assert_eq!(pod.automount_service_account_token, Some(false), "{context}: token mounted");
+            let calls_the_api = kubernetes_enabled(&values)
+                && ["planner", "analysis", "traffic"].iter().any(|c| name.ends_with(&format!("-{c}")));
+            assert_eq!(pod.automount_service_account_token, Some(calls_the_api), "{context}: token mounted");
             for container in all_containers(&pod) {
                 let context = format!("{context}/{}", container.name);
                 let security =
@@ -368,6 +370,82 @@ fn combinations_the_schema_cannot_express_are_refused_naming_the_value() {
         let message = refusal(set);
         assert!(message.contains(field), "{set:?}: message does not name {field}: {message}");
     }
+}
+
+#[test]
+fn kubernetes_permissions_are_exactly_what_each_service_uses() {
+    assert!(
+        !render(&[]).iter().any(|object| matches!(object, Object::Role(_) | Object::ClusterRole(_))),
+        "no permissions without kubernetes.enabled"
+    );
+    let values = manifest::chart_dir().join("ci/kubernetes-values.yaml");
+    let objects = render(&[values]);
+    let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let roles: BTreeMap<String, k8s_openapi::api::rbac::v1::Role> = objects
+        .iter()
+        .filter_map(|object| match object {
+            Object::Role(role) => Some((role.metadata.name.clone().unwrap_or_default(), (**role).clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(!objects.iter().any(|object| matches!(object, Object::ClusterRole(_) | Object::ClusterRoleBinding(_))));
+    for object in &objects {
+        let Object::RoleBinding(binding) = object else { continue };
+        let role = &roles[&binding.role_ref.name];
+        for subject in binding.subjects.iter().flatten() {
+            for rule in role.rules.iter().flatten() {
+                for group in rule.api_groups.iter().flatten() {
+                    for resource in rule.resources.iter().flatten() {
+                        for verb in &rule.verbs {
+                            granted
+                                .entry(subject.name.clone())
+                                .or_default()
+                                .insert(format!("{verb} {resource}.{group}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let expect = |grants: &[&str]| grants.iter().map(|grant| (*grant).to_owned()).collect::<BTreeSet<_>>();
+    assert_eq!(granted["ficus-analysis"], expect(&["list pods."]));
+    assert_eq!(
+        granted["ficus-traffic"],
+        expect(&[
+            "create ingresses.networking.k8s.io",
+            "delete ingresses.networking.k8s.io",
+            "get httproutes.gateway.networking.k8s.io",
+            "get ingresses.networking.k8s.io",
+            "get services.",
+            "get virtualservices.networking.istio.io",
+            "patch httproutes.gateway.networking.k8s.io",
+            "patch ingresses.networking.k8s.io",
+            "patch services.",
+            "patch virtualservices.networking.istio.io",
+        ])
+    );
+    assert_eq!(
+        granted["ficus-planner"],
+        expect(&[
+            "create leases.coordination.k8s.io",
+            "get deployments.apps",
+            "get leases.coordination.k8s.io",
+            "get rollouts.ficus.dev",
+            "list rollouts.ficus.dev",
+            "patch deployments/scale.apps",
+            "patch rollouts.ficus.dev",
+            "patch rollouts/status.ficus.dev",
+            "update leases.coordination.k8s.io",
+            "watch rollouts.ficus.dev",
+        ])
+    );
+    assert!(!granted.contains_key("ficus-sessions"), "sessions never calls the API");
+}
+
+fn kubernetes_enabled(values: &[PathBuf]) -> bool {
+    values
+        .iter()
+        .any(|file| std::fs::read_to_string(file).is_ok_and(|text| text.contains("kubernetes:\n  enabled: true")))
 }
 
 /// Every pod template and pod in `objects`, by name.

@@ -67,3 +67,68 @@ async fn every_object_of_every_example_is_accepted_by_the_api_server() {
         assert!(proxy.spec.and_then(|spec| spec.cluster_ip).is_some(), "the server allocated the proxy an address");
     }
 }
+
+/// Whether the real API server lets `account` (in namespace `ficus`) do `verb` on `resource`.
+async fn allowed(server: &KubeApiServer, account: &str, verb: &str, group: &str, resource: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let user = format!("system:serviceaccount:ficus:{account}");
+    let client = server.client_as(&user, &["system:serviceaccounts", "system:serviceaccounts:ficus"]).await;
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((resource, sub)) => (resource.to_owned(), Some(sub.to_owned())),
+        None => (resource.to_owned(), None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some("ficus".into()),
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource),
+                subresource,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client);
+    let answer = reviews.create(&kube::api::PostParams::default(), &review).await.expect("access review");
+    answer.status.is_some_and(|status| status.allowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_account_may_do_what_its_service_does_and_nothing_else() {
+    let server = KubeApiServer::start().await;
+    let mut install = helm(&server);
+    install.args(["install", "ficus"]).arg(manifest::chart_dir()).args(["--namespace", "ficus", "--create-namespace"]);
+    install.arg("--values").arg(manifest::chart_dir().join("ci/kubernetes-values.yaml"));
+    let output = install.output().expect("run helm install");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let cases = [
+        ("ficus-planner", "patch", "ficus.dev", "rollouts/status", true),
+        ("ficus-planner", "watch", "ficus.dev", "rollouts", true),
+        ("ficus-planner", "patch", "apps", "deployments/scale", true),
+        ("ficus-planner", "create", "coordination.k8s.io", "leases", true),
+        ("ficus-planner", "delete", "ficus.dev", "rollouts", false),
+        ("ficus-planner", "patch", "apps", "deployments", false),
+        ("ficus-planner", "list", "", "secrets", false),
+        ("ficus-traffic", "patch", "gateway.networking.k8s.io", "httproutes", true),
+        ("ficus-traffic", "create", "networking.k8s.io", "ingresses", true),
+        ("ficus-traffic", "patch", "networking.istio.io", "virtualservices", true),
+        ("ficus-traffic", "list", "", "pods", false),
+        ("ficus-traffic", "delete", "", "services", false),
+        ("ficus-analysis", "list", "", "pods", true),
+        ("ficus-analysis", "patch", "", "services", false),
+        ("ficus-analysis", "get", "", "secrets", false),
+        ("ficus-sessions", "list", "", "pods", false),
+    ];
+    for (account, verb, group, resource, expected) in cases {
+        assert_eq!(
+            allowed(&server, account, verb, group, resource).await,
+            expected,
+            "{account} {verb} {resource}.{group}"
+        );
+    }
+}

@@ -104,6 +104,49 @@ it: Kubernetes expands $(FICUS_REDIS_PASSWORD) from the Secret when the pod star
 {{- printf "%s://%s%s:%v/%v" $scheme $auth (include "ficus.redisHost" .root) $redis.port (get $redis.databases .component) }}
 {{- end }}
 
+{{/* The namespace ficus acts in. */}}
+{{- define "ficus.targetNamespace" -}}
+{{- default .Release.Namespace .Values.kubernetes.namespace }}
+{{- end }}
+
+{{/*
+The Kubernetes API rules of one component: exactly the verbs its code uses.
+*/}}
+{{- define "ficus.rules" -}}
+{{- if eq .component "traffic" }}
+# The stable Ingress is read; the canary Ingress is applied and deleted with its route.
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses]
+  verbs: [get, create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, patch]
+- apiGroups: [networking.istio.io]
+  resources: [virtualservices]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, patch]
+{{- else if eq .component "analysis" }}
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+{{- else if eq .component "planner" }}
+- apiGroups: [ficus.dev]
+  resources: [rollouts]
+  verbs: [get, list, watch, patch]
+- apiGroups: [ficus.dev]
+  resources: [rollouts/status]
+  verbs: [patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get]
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [patch]
+{{- end }}
+{{- end }}
+
 {{/* Refuses combinations the schema cannot express, with a message naming the values. */}}
 {{- define "ficus.validate" -}}
 {{- if eq .Values.store.backend "embedded" }}
@@ -151,6 +194,16 @@ with the component's `config` merged over them.
 {{- end }}
 {{- if eq .component "traffic" }}
 {{- $_ := set $config "proxy" (dict "listen" (printf "0.0.0.0:%v" $service.proxyPort)) }}
+{{- end }}
+{{- if $root.Values.kubernetes.enabled }}
+{{- if eq .component "traffic" }}
+{{- $_ := set $config "kubernetes" (dict "resync" $root.Values.kubernetes.resync) }}
+{{- else if eq .component "analysis" }}
+{{- $_ := set $config "kubernetes" (dict) }}
+{{- else if eq .component "planner" }}
+{{- $lease := printf "%s/%s" $root.Release.Namespace (include "ficus.component" (dict "root" $root "component" "planner")) }}
+{{- $_ := set $config "kubernetes" (dict "namespace" (include "ficus.targetNamespace" $root) "lease" $lease) }}
+{{- end }}
 {{- end }}
 {{- toToml (mustMergeOverwrite $config (deepCopy (get $root.Values .component).config)) }}
 {{- end }}
