@@ -121,6 +121,15 @@ async fn applying_editing_and_deleting_rollout_objects_drives_the_planner() {
     let valid = condition(&refused, "SpecValid");
     assert_eq!(valid["status"], "False", "{refused}");
     assert!(valid["message"].as_str().is_some_and(|m| m.contains("nowhere")), "{refused}");
+
+    // The example in the repository is a valid object the planner accepts.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kubernetes/rollout.yaml");
+    let example: Rollout =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(example).expect("example")).expect("a Rollout object");
+    rollouts.create(&PostParams::default(), &example).await.expect("the API server accepts the example");
+    let accepted =
+        status(&rollouts, "checkout-migration", |status| condition(status, "SpecValid")["status"] == "True").await;
+    assert_eq!(accepted["phase"], "PROGRESSING", "{accepted}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
