@@ -39,6 +39,9 @@ use crate::{
 /// How long to wait before trying again when traffic, analysis or the store is down.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long an ended rollout's Deployments are scaled toward their final counts.
+const SETTLE_FOR: Duration = Duration::from_secs(120);
+
 /// How often the leader looks for rollouts it is not driving yet (e.g. after a takeover).
 const RESCAN: Duration = Duration::from_secs(5);
 
@@ -419,12 +422,42 @@ impl Drive {
                         () = self.stop.cancelled() => break,
                     }
                 }
+                self.settle_replicas(&saved).await;
                 Next::Done
             }
             Ok(_) | Err(Error::Conflict { .. }) => Next::Reload,
             Err(error) => {
                 tracing::warn!(rollout = %self.id, %error, "cannot record a transition; retrying");
                 Next::Wait(Some(RETRY))
+            }
+        }
+    }
+
+    /// Brings the Deployments of an ended rollout to its final replica counts (after a
+    /// rollback: the stable side back to full, the canary to none). Traffic moved first, as
+    /// a rollback must not wait for pods; the side that takes it back grows as fast as the
+    /// budget allows, for at most [`SETTLE_FOR`].
+    async fn settle_replicas(&self, rollout: &proto::Rollout) {
+        let Ok((spec, _)) = plan_of(rollout) else { return };
+        let Some((scaler, deployments, target)) = self.replicas(&spec, rollout) else { return };
+        let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+        loop {
+            let grown = scaler.grow(&deployments, target).await;
+            let shrunk = scaler.shrink(&deployments, target).await;
+            match (grown, shrunk) {
+                (Ok(Progress::Done), Ok(Progress::Done)) => return,
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(rollout = %self.id, %error, "cannot scale the Deployments of an ended rollout");
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(rollout = %self.id, "the Deployments did not reach their final replicas in time");
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => {}
+                () = self.stop.cancelled() => return,
             }
         }
     }

@@ -117,6 +117,14 @@ async fn the_deployments_follow_the_weight_within_the_surge_budget() {
     })
     .await;
     assert_eq!(peers.canary_weight().await, 5_000);
+
+    // Aborted: traffic back on stable at once, then the Deployments back to 10 and 0.
+    api.abort(proto::AbortRequest { id: "scaled".into(), reason: "test".into() }).await.expect("abort");
+    wait_until(Duration::from_secs(10), || async { (peers.canary_weight().await == 0).then_some(()) }).await;
+    wait_until(Duration::from_secs(60), || async {
+        (replicas("shop-v1").await == Some(10) && replicas("shop-v2").await == Some(0)).then_some(())
+    })
+    .await;
     stop.cancel();
     assert!(
         most.load(Ordering::SeqCst) <= 13,
