@@ -195,6 +195,14 @@ impl Runs {
         if spec.window.is_some() {
             judge = judge.with_sliding_window();
         }
+        match self.store.get(&judge_key(&id)).await {
+            Ok(Some(entry)) => match serde_json::from_slice(&entry.value) {
+                Ok(saved) => judge = judge.resume(saved),
+                Err(error) => tracing::warn!(run = %id, %error, "unreadable judge state; its tests start again"),
+            },
+            Ok(None) => {}
+            Err(error) => tracing::warn!(run = %id, %error, "cannot read the judge state; its tests start again"),
+        }
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + spec.interval, spec.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -210,6 +218,12 @@ impl Runs {
                 .unwrap_or_else(|| now.duration_since(started).unwrap_or_default().max(Duration::from_secs(1)));
             let observed = self.sources.observe(&spec.target, &spec.template_proto.checks, window).await;
             let verdict = judge.judge(&observed, now);
+            // The tests' state first: if the verdict's write is lost, the state is one look
+            // ahead, which only ever makes it more careful (p-values never rise).
+            let saved = serde_json::to_vec(&judge.saved()).unwrap_or_default();
+            if let Err(error) = self.store.put(&judge_key(&id), saved, Expect::Any, None).await {
+                tracing::warn!(run = %id, %error, "cannot record the judge state");
+            }
             let snapshot = {
                 let mut run = active.run.lock();
                 run.last_verdict = Some(verdict.clone());
@@ -235,6 +249,9 @@ impl Runs {
         {
             tracing::warn!(run = %id, %error, "cannot record that a run finished");
         }
+        if let Err(error) = self.store.delete(&judge_key(&id), Expect::Any).await {
+            tracing::debug!(run = %id, %error, "cannot delete the judge state of a finished run");
+        }
         self.active.lock().remove(&id);
         // Dropping the sender ends every watcher's stream.
         active.verdicts.lock().take();
@@ -256,6 +273,12 @@ fn looks(duration: Duration, interval: Duration) -> u32 {
 
 fn key(id: &str) -> String {
     format!("{PREFIX}{id}")
+}
+
+/// Where a run's sequential state is kept, beside the run (outside its prefix, so listing
+/// runs never reads it).
+fn judge_key(id: &str) -> String {
+    format!("judge/{id}")
 }
 
 fn new_id() -> String {

@@ -49,6 +49,34 @@ pub(crate) struct Look {
     pub mode: Mode,
 }
 
+impl CheckState {
+    /// What must survive a restart of the run.
+    pub(crate) fn saved(&self) -> SavedCheck {
+        SavedCheck {
+            upper: self.upper.value(),
+            lower: self.lower.value(),
+            failed: self.failed.as_ref().map(|failed| (failed.look, failed.reason.clone(), failed.p_value)),
+        }
+    }
+
+    /// The state `saved` described.
+    pub(crate) fn restored(saved: &SavedCheck) -> Self {
+        Self {
+            upper: AlwaysValidP::resumed(saved.upper),
+            lower: AlwaysValidP::resumed(saved.lower),
+            failed: saved.failed.clone().map(|(look, reason, p_value)| Failed { look, reason, p_value }),
+        }
+    }
+}
+
+/// A check's sequential state as stored with its run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedCheck {
+    upper: f64,
+    lower: f64,
+    failed: Option<(u64, String, Option<f64>)>,
+}
+
 /// What a check remembers between looks.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CheckState {

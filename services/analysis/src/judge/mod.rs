@@ -52,7 +52,7 @@ use std::time::SystemTime;
 
 use ficus_proto::analysis::v1 as proto;
 
-use self::check::{CheckState, Look, Mode};
+use self::check::{CheckState, Look, Mode, SavedCheck};
 pub use self::template::{CheckSpec, MetricSpec, Rule, Template, default_template};
 use crate::observation::Observed;
 
@@ -85,6 +85,30 @@ impl Judge {
             states: vec![CheckState::default(); checks],
             last_samples: vec![None; checks],
         }
+    }
+
+    /// Where the judge's sequential tests stand, to store with the run so that a run
+    /// resumed after a restart continues its tests instead of starting new ones (each new
+    /// start would risk another alpha of false failures).
+    pub fn saved(&self) -> SavedJudge {
+        SavedJudge {
+            looks: self.looks,
+            sliding: self.sliding,
+            checks: self.states.iter().map(CheckState::saved).collect(),
+            last_samples: self.last_samples.clone(),
+        }
+    }
+
+    /// Continues from `saved`; ignored when it belongs to another template (a different
+    /// number of checks), so a judge never mixes states of different checks.
+    pub fn resume(mut self, saved: SavedJudge) -> Self {
+        if saved.checks.len() == self.states.len() && saved.last_samples.len() == self.last_samples.len() {
+            self.looks = saved.looks;
+            self.sliding |= saved.sliding;
+            self.states = saved.checks.iter().map(CheckState::restored).collect();
+            self.last_samples = saved.last_samples;
+        }
+        self
     }
 
     /// Tells the judge that each look reads a sliding window rather than everything since
@@ -135,6 +159,15 @@ impl Judge {
             *last = Some(now);
         }
     }
+}
+
+/// A judge's sequential state, as stored beside its run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedJudge {
+    looks: u64,
+    sliding: bool,
+    checks: Vec<SavedCheck>,
+    last_samples: Vec<Option<(u64, u64)>>,
 }
 
 #[cfg(test)]

@@ -321,3 +321,29 @@ fn an_observation_of_the_wrong_shape_is_inconclusive() {
     let verdict = Judge::new(template, None).judge(&observed, SystemTime::now());
     assert_eq!(verdict.checks[0].outcome(), Outcome::Inconclusive, "{verdict:#?}");
 }
+
+#[test]
+fn a_resumed_judge_continues_the_tests_where_they_stood() {
+    let looks = [
+        default_observed((rate(50, 10_000), rate(9, 500)), (latency(10_000, 1.0), latency(500, 1.0))),
+        default_observed((rate(100, 20_000), rate(16, 1_000)), (latency(20_000, 1.0), latency(1_000, 1.0))),
+        default_observed((rate(150, 30_000), rate(24, 1_500)), (latency(30_000, 1.0), latency(1_500, 1.0))),
+    ];
+    let now = SystemTime::now();
+    let mut straight = default_judge(None);
+    let expected: Vec<proto::Verdict> = looks.iter().map(|look| straight.judge(look, now)).collect();
+
+    let mut first = default_judge(None);
+    first.judge(&looks[0], now);
+    // Through storage, as a restarted service reads it.
+    let stored = serde_json::to_vec(&first.saved()).expect("json");
+    let mut resumed = default_judge(None).resume(serde_json::from_slice(&stored).expect("json"));
+    let continued: Vec<proto::Verdict> = looks[1..].iter().map(|look| resumed.judge(look, now)).collect();
+    assert_eq!(continued, expected[1..], "resuming is the same as never stopping");
+    assert_eq!(continued[0].sequence, 2);
+
+    // A state of another template is ignored rather than mixed in.
+    let other = Judge::new(single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 })), None);
+    let fresh = other.resume(first.saved());
+    assert_eq!(fresh.saved().looks, 0);
+}

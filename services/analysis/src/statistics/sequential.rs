@@ -78,6 +78,12 @@ impl Default for AlwaysValidP {
 }
 
 impl AlwaysValidP {
+    /// The p-value of a sequence already under way, e.g. one resumed after a restart;
+    /// anything outside (0, 1] is treated as no evidence yet.
+    pub fn resumed(p: f64) -> Self {
+        Self { p: if p > 0.0 && p <= 1.0 { p } else { 1.0 } }
+    }
+
     /// Takes in one look and returns the updated p-value.
     pub fn update(&mut self, evidence: &Evidence, tau: f64) -> f64 {
         let p = (-ln_mixture_likelihood_ratio(evidence, tau)).exp();
