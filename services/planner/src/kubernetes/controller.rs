@@ -120,7 +120,7 @@ async fn reconcile(object: Arc<Rollout>, context: Arc<Context>) -> Result<Action
     }
     let rollout = match planner.get_rollout(proto::GetRolloutRequest { id: id.clone() }).await {
         Ok(rollout) => rollout.into_inner(),
-        Err(status_) if status_.code() == Code::NotFound && !object.spec.abort => {
+        Err(missing) if missing.code() == Code::NotFound && !object.spec.abort => {
             match planner.create_rollout(proto::CreateRolloutRequest { spec: Some(spec), id: id.clone() }).await {
                 Ok(rollout) => rollout.into_inner(),
                 Err(refused)
@@ -133,7 +133,7 @@ async fn reconcile(object: Arc<Rollout>, context: Arc<Context>) -> Result<Action
                 Err(failed) => return Err(ReconcileError::Planner(failed.message().to_owned())),
             }
         }
-        Err(status_) if status_.code() == Code::NotFound => {
+        Err(missing) if missing.code() == Code::NotFound => {
             status.phase = Phase::Aborted.as_str_name().to_owned();
             status.message = "aborted before it started (spec.abort)".into();
             write_status(&api, &object, status).await?;

@@ -59,28 +59,30 @@ pub fn canary_ingress_name(stable: &str) -> String {
 /// What ficus applies for `route` to `target`; ingress-nginx needs the stable Ingress.
 pub fn desired(route: &Route, target: &Target, stable: Option<&Ingress>) -> Result<Desired, RenderError> {
     let resource = resource(target.kind);
-    let header = |name: &str| json!({"apiVersion": resource.api_version, "kind": resource.kind, "metadata": {"name": name, "namespace": target.namespace}});
-    let (name, mut patch, fields) = match target.kind {
+    let name = match target.kind {
+        Kind::IngressNginx => canary_ingress_name(&target.name),
+        _ => target.name.clone(),
+    };
+    let fields = match target.kind {
         Kind::IngressNginx => {
             let stable = stable.ok_or_else(|| RenderError::NoStableIngress {
                 namespace: target.namespace.clone(),
                 name: target.name.clone(),
             })?;
-            let name = canary_ingress_name(&target.name);
-            let fields = canary_ingress(route, target, stable, &name);
-            (name, header(&canary_ingress_name(&target.name)), fields)
+            canary_ingress(route, target, stable, &name)
         }
-        Kind::GatewayApi => {
-            (target.name.clone(), header(&target.name), json!({"spec": {"rules": http_route_rules(route, target)}}))
-        }
-        Kind::Istio => {
-            (target.name.clone(), header(&target.name), json!({"spec": {"http": virtual_service_http(route, target)}}))
-        }
+        Kind::GatewayApi => json!({"spec": {"rules": http_route_rules(route, target)}}),
+        Kind::Istio => json!({"spec": {"http": virtual_service_http(route, target)}}),
         Kind::Service => {
             let chosen = route.weights.iter().position(|weight| *weight > 0).unwrap_or(0);
-            (target.name.clone(), header(&target.name), json!({"spec": {"selector": target.backends[chosen].selector}}))
+            json!({"spec": {"selector": target.backends[chosen].selector}})
         }
     };
+    let mut patch = json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": {"name": name, "namespace": target.namespace},
+    });
     merge(&mut patch, fields);
     Ok(Desired { resource, name, patch })
 }
