@@ -143,6 +143,7 @@ async fn a_failing_source_is_inconclusive_with_the_error() {
             rule: Some(proto::check::Rule::Threshold(proto::Threshold { max: Some(1.0), min: None })),
             critical: true,
             min_samples: Some(0),
+            alpha_weight: None,
             ..Default::default()
         }],
         ..Default::default()

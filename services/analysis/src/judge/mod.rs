@@ -40,9 +40,10 @@
 //!
 //! # Alpha
 //!
-//! The template's alpha is split evenly over the checks that run a test, so the guarantee
-//! holds for the verdict, not just for each check. Rules on plain values compare numbers
-//! and are outside it: the source gives them no distribution.
+//! The template's alpha is split over the checks that run a test in proportion to their
+//! alpha weights (evenly unless the template says otherwise), so the guarantee holds for
+//! the verdict, not just for each check. Rules on plain values compare numbers and are
+//! outside it: the source gives them no distribution.
 
 mod check;
 pub mod template;
@@ -135,14 +136,17 @@ impl Judge {
             (planned, true) => Mode::Sliding { planned },
             (_, false) => Mode::Cumulative,
         };
-        let look = Look { number: self.looks, alpha: self.template.check_alpha(), mode };
+        let number = self.looks;
         let results = self
             .template
             .checks
             .iter()
             .zip(self.states.iter_mut())
             .enumerate()
-            .map(|(index, (spec, state))| check::evaluate(spec, observed.get(index), &look, state))
+            .map(|(index, (spec, state))| {
+                let look = Look { number, alpha: spec.alpha, mode };
+                check::evaluate(spec, observed.get(index), &look, state)
+            })
             .collect();
         verdict::verdict(&self.template, results, self.looks, now)
     }

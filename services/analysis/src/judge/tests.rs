@@ -46,10 +46,10 @@ fn a_healthy_canary_passes_the_default_template() {
     assert_eq!(verdict.score, 100.0);
     assert_eq!(verdict.sequence, 1);
     let errors = check(&verdict, "error-rate-vs-baseline");
-    assert_eq!(errors.rule, "canary error rate not above baseline + 0.1% (p < 0.0167)");
+    assert_eq!(errors.rule, "canary error rate not above baseline + 0.1% (p < 0.0333)");
     assert_eq!((errors.baseline_samples, errors.canary_samples), (100_000, 5_000));
     assert!(errors.p_value.is_some());
-    assert_eq!(check(&verdict, "p99-latency").rule, "canary <= 1.5 x baseline (p < 0.0167)");
+    assert_eq!(check(&verdict, "p99-latency").rule, "canary <= 1.5 x baseline (p < 0.0083)");
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn a_sequential_failure_stays_failed() {
 
 #[test]
 fn the_sequential_test_needs_more_evidence_than_a_single_look() {
-    // Just significant for a one-shot test at alpha/3, not for the always-valid one.
+    // Just significant for a one-shot test at the check's share of alpha, not for the always-valid one.
     let observed =
         default_observed((rate(5_000, 1_000_000), rate(45, 5_000)), (latency(1000, 1.0), latency(1000, 1.0)));
     let one_shot = default_judge(Some(1)).judge(&observed, SystemTime::now());
@@ -197,6 +197,7 @@ fn statistical_latency_rules_use_the_relative_margin() {
             weight: None,
             critical: true,
             min_samples: None,
+            alpha_weight: None,
         }],
         ..Default::default()
     };
@@ -224,6 +225,7 @@ fn plain_values_compare_numbers() {
             weight: None,
             critical: false,
             min_samples: None,
+            alpha_weight: None,
         }],
         ..Default::default()
     };
@@ -254,6 +256,7 @@ fn single(metric: Source, rule: ProtoRule) -> Template {
             weight: None,
             critical: true,
             min_samples: None,
+            alpha_weight: None,
         }],
         ..Default::default()
     };
