@@ -2,8 +2,9 @@
 //! two-backend weighted split, and against one backend directly, in one run on one
 //! machine, measured by wrk. Not a test: it prints a table of ratios.
 //!
-//! Every contestant gets the same CPU budget: one nginx worker, one tokio worker thread
-//! for ficus (`TOKIO_WORKER_THREADS=1`), and the same backend program in its own process.
+//! Every contestant gets the same CPU budget: one nginx worker, one proxy worker for ficus
+//! (`proxy.workers = 1`, and one thread for its control plane, as nginx has its master),
+//! and the same backend program in its own process.
 //! Run with `scripts/bench.sh` (which installs wrk) or `cargo bench -p ficus-traffic --bench proxy`.
 
 use std::{
@@ -177,6 +178,7 @@ async fn run() {
     let env = [
         ("FICUS_STORE", data.path().join("traffic").display().to_string()),
         ("FICUS_PROXY__LISTEN", proxy.to_string()),
+        ("FICUS_PROXY__WORKERS", "1".to_owned()),
         ("TOKIO_WORKER_THREADS", "1".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];

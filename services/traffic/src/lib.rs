@@ -96,6 +96,9 @@ impl ServiceConfig for Config {
         if self.proxy.connect_timeout.is_zero() {
             return Err(ConfigError::invalid("proxy.connect_timeout", "must be positive"));
         }
+        if self.proxy.workers.is_some_and(|workers| workers.get() > MAX_PROXY_WORKERS) {
+            return Err(ConfigError::invalid("proxy.workers", format!("must be at most {MAX_PROXY_WORKERS}")));
+        }
         if let Some(kubernetes) = &self.kubernetes
             && (kubernetes.resync < Duration::from_millis(100) || kubernetes.resync > Duration::from_secs(3600))
         {
@@ -107,6 +110,9 @@ impl ServiceConfig for Config {
         Ok(())
     }
 }
+
+/// Most proxy worker threads: far more than cores only adds contention.
+const MAX_PROXY_WORKERS: usize = 1024;
 
 /// The name under which [`Running::addr`] reports the data plane's address.
 pub const DATA_PLANE: &str = "proxy";
@@ -140,8 +146,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.proxy.listen)
-        .await
+    // A std listener: the proxy's worker threads each register it with their own event loop.
+    let listener = std::net::TcpListener::bind(config.proxy.listen)
         .map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
     let proxy_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
     let service = TrafficService::new(registry, stats.clone(), config.stats_retention, kubernetes, shutdown.clone());
@@ -151,6 +157,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let running = server.start(shutdown.clone()).await?;
     let proxy = Arc::new(proxy::Proxy::new(table, config.proxy));
     tracing::info!(%proxy_addr, "data plane listening");
-    let task = tokio::spawn(proxy.serve(listener, shutdown));
+    let task = proxy.start(listener, shutdown).map_err(|source| ServeError::Listener { name: DATA_PLANE, source })?;
     Ok(running.attach(DATA_PLANE, proxy_addr, task))
 }

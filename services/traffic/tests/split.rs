@@ -28,6 +28,21 @@ async fn five_percent_without_a_sticky_key_is_exactly_every_twentieth_request() 
     traffic.stop().await;
 }
 
+#[tokio::test]
+async fn worker_threads_share_one_exact_split() {
+    let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut traffic =
+        Traffic::start_configured(data, |config| config.proxy.workers = std::num::NonZeroUsize::new(4)).await;
+    traffic.put(route("checkout", stable.addr(), canary.addr(), 500)).await;
+    // 32 requests in flight over as many connections, which the workers accept between them.
+    let answers: Vec<_> = stream::iter(0..10_000).map(|_| traffic.get("/", &[])).buffer_unordered(32).collect().await;
+    assert!(answers.iter().all(|answer| answer.status == 200));
+    let on_canary = answers.iter().filter(|answer| answer.backend.as_deref() == Some("canary")).count();
+    assert_eq!((on_canary, canary.hits(), stable.hits()), (500, 500, 9_500));
+    traffic.stop().await;
+}
+
 async fn sides(traffic: &Traffic, users: std::ops::Range<usize>) -> Vec<bool> {
     stream::iter(users)
         .map(|user| async move {

@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use super::{Proxy, ProxyBody, plain};
+use super::{ProxyBody, Worker, plain};
 use crate::{stats::Outcome, table::ActiveRoute};
 
 /// Headers that describe one hop, not the request, and so are never forwarded (RFC 9110 §7.6.1).
@@ -42,13 +42,14 @@ pub(super) fn request_host<B>(request: &Request<B>) -> Option<String> {
 /// Forwards `request` to `backend` of `active`, records the outcome, and maps failures to
 /// 502 (no connection) or 504 (no answer in time).
 pub(super) async fn forward(
-    proxy: &Proxy,
+    worker: &Worker,
     active: &ActiveRoute,
     backend: usize,
     client: SocketAddr,
     host: Option<String>,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let config = &worker.proxy.config;
     let (mut parts, body) = request.into_parts();
     let authority = parts
         .headers
@@ -64,13 +65,13 @@ pub(super) async fn forward(
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     let body = match active.take_mirror_turn() {
-        Some(shadow) if mirrorable(&parts.headers, proxy.config.max_mirror_body_bytes) => {
-            let limit = usize::try_from(proxy.config.max_mirror_body_bytes).unwrap_or(usize::MAX);
+        Some(shadow) if mirrorable(&parts.headers, config.max_mirror_body_bytes) => {
+            let limit = usize::try_from(config.max_mirror_body_bytes).unwrap_or(usize::MAX);
             let bytes = match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(_) => return plain(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
             };
-            mirror(proxy, active, shadow, &parts, &path, bytes.clone());
+            mirror(worker, active, shadow, &parts, &path, bytes.clone());
             Full::new(bytes).map_err(|never| match never {}).boxed()
         }
         _ => body.boxed(),
@@ -82,9 +83,7 @@ pub(super) async fn forward(
     parts.uri = uri;
     let recorder = &active.recorders[backend];
     let started = Instant::now();
-    match tokio::time::timeout(proxy.config.request_timeout, proxy.client.request(Request::from_parts(parts, body)))
-        .await
-    {
+    match tokio::time::timeout(config.request_timeout, worker.client.request(Request::from_parts(parts, body))).await {
         Ok(Ok(response)) => {
             recorder.record(Outcome::Status(response.status().as_u16()), started.elapsed());
             let (mut parts, body) = response.into_parts();
@@ -126,7 +125,7 @@ fn mirrorable(headers: &HeaderMap, max_bytes: u64) -> bool {
 /// Sends a copy to the shadow backend in the background; its response is discarded and
 /// never delays the real one, but it is counted so the shadow can be judged too.
 fn mirror(
-    proxy: &Proxy,
+    worker: &Worker,
     active: &ActiveRoute,
     shadow: usize,
     parts: &http::request::Parts,
@@ -139,8 +138,8 @@ fn mirror(
         headers.clone_from(&parts.headers);
     }
     let Ok(request) = builder.body(Full::new(body).map_err(|never| match never {}).boxed()) else { return };
-    let client = proxy.client.clone();
-    let timeout = proxy.config.request_timeout;
+    let client = worker.client.clone();
+    let timeout = worker.proxy.config.request_timeout;
     let recorder = active.recorders[shadow].clone();
     tokio::spawn(async move {
         let started = Instant::now();

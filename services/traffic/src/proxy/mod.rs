@@ -5,11 +5,16 @@
 //! next request. Upstream connections are pooled. A backend that refuses or does not
 //! answer in time gives the client 502 or 504 and counts as that backend's error, because
 //! that is exactly the evidence analysis needs to roll it back.
+//!
+//! The proxy runs on worker threads of its own, each a single-threaded event loop with its
+//! own upstream pool that accepts from the shared listener, as nginx's worker processes do:
+//! a request never hops between threads, and the data plane never waits behind the control
+//! plane's work.
 
 mod choose;
 mod forward;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -20,7 +25,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::table::LiveTable;
@@ -48,6 +53,9 @@ pub struct ProxyConfig {
     /// How long connections may finish their requests after shutdown starts.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// Threads serving the data plane, each with its own event loop and upstream pool;
+    /// one per CPU the process may use when unset.
+    pub workers: Option<NonZeroUsize>,
 }
 
 impl Default for ProxyConfig {
@@ -59,21 +67,86 @@ impl Default for ProxyConfig {
             idle_timeout: Duration::from_secs(60),
             max_mirror_body_bytes: 1 << 20,
             grace_period: Duration::from_secs(10),
+            workers: None,
         }
     }
 }
 
-/// The proxy's shared state.
+impl ProxyConfig {
+    /// How many worker threads serve: `workers`, else one per CPU the process may use.
+    pub fn worker_count(&self) -> NonZeroUsize {
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+    }
+}
+
+/// The proxy's state shared by its workers.
 #[derive(Debug)]
 pub struct Proxy {
     table: Arc<LiveTable>,
-    client: Client<HttpConnector, ProxyBody>,
     config: ProxyConfig,
 }
 
 impl Proxy {
     /// A proxy over `table`.
     pub fn new(table: Arc<LiveTable>, config: ProxyConfig) -> Self {
+        Self { table, config }
+    }
+
+    /// Starts the worker threads, which accept from `listener` until `shutdown` and then
+    /// let open connections finish within the grace period. The returned task ends when
+    /// every worker has, with the first error any of them met.
+    pub fn start(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<JoinHandle<std::io::Result<()>>> {
+        listener.set_nonblocking(true)?;
+        // Should a thread fail to start, the ones already running stop with this token.
+        let stop = shutdown.child_token();
+        let mut stopped = Vec::new();
+        for index in 0..self.config.worker_count().get() {
+            let (done, finished) = oneshot::channel();
+            let worker = Worker::new(self.clone());
+            let (listener, stop_worker) = (listener.try_clone(), stop.clone());
+            let started = listener.and_then(|listener| {
+                std::thread::Builder::new().name(format!("ficus-proxy-{index}")).spawn(move || {
+                    let served =
+                        tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+                            runtime.block_on(async move {
+                                // Registers with this thread's event loop, so must run inside it.
+                                worker.serve(TcpListener::from_std(listener)?, stop_worker).await
+                            })
+                        });
+                    let _ = done.send(served);
+                })
+            });
+            if let Err(error) = started {
+                stop.cancel();
+                return Err(error);
+            }
+            stopped.push(finished);
+        }
+        Ok(tokio::spawn(async move {
+            let mut outcome = Ok(());
+            for finished in stopped {
+                let served = finished.await.unwrap_or_else(|_| Err(std::io::Error::other("a proxy worker panicked")));
+                outcome = outcome.and(served);
+            }
+            outcome
+        }))
+    }
+}
+
+/// One worker thread's part of the proxy: its upstream pool, used only from its thread.
+#[derive(Debug)]
+struct Worker {
+    proxy: Arc<Proxy>,
+    client: Client<HttpConnector, ProxyBody>,
+}
+
+impl Worker {
+    fn new(proxy: Arc<Proxy>) -> Self {
+        let config = &proxy.config;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -82,14 +155,16 @@ impl Proxy {
             .pool_max_idle_per_host(1024)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { table, client, config }
+        Self { proxy, client }
     }
 
     /// Serves connections from `listener` until `shutdown`, then lets open connections
     /// finish within the grace period.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let worker = Arc::new(self);
+        let config = &worker.proxy.config;
         let mut connections = auto::Builder::new(TokioExecutor::new());
-        connections.http1().timer(TokioTimer::new()).header_read_timeout(self.config.idle_timeout);
+        connections.http1().timer(TokioTimer::new()).header_read_timeout(config.idle_timeout);
         connections.http2().timer(TokioTimer::new());
         let graceful = GracefulShutdown::new();
         loop {
@@ -108,8 +183,8 @@ impl Proxy {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot disable Nagle on a client connection");
             }
-            let proxy = self.clone();
-            let service = hyper::service::service_fn(move |request| proxy.clone().handle(client, request));
+            let worker = worker.clone();
+            let service = hyper::service::service_fn(move |request| worker.clone().handle(client, request));
             let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
@@ -119,7 +194,7 @@ impl Proxy {
             });
         }
         drop(listener);
-        if tokio::time::timeout(self.config.grace_period, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(config.grace_period, graceful.shutdown()).await.is_err() {
             tracing::warn!("data plane grace period over; closing connections still open");
         }
         Ok(())
@@ -130,7 +205,7 @@ impl Proxy {
         client: SocketAddr,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let table = self.table.load();
+        let table = self.proxy.table.load();
         let host = forward::request_host(&request);
         let Some(active) = table.find(host.as_deref(), request.uri().path()) else {
             return Ok(plain(StatusCode::NOT_FOUND, "no route matches this request\n"));
