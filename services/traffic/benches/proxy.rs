@@ -28,6 +28,9 @@ const BACKEND_ENV: &str = "FICUS_BENCH_BACKEND";
 const CONNECTIONS: &str = "64";
 const DURATION: &str = "10s";
 const WARMUP: &str = "2s";
+/// Rounds of the three contestants, each round in a rotated order, so that a noisy
+/// neighbour or a warming machine does not favour whoever runs last; medians are reported.
+const ROUNDS: usize = 3;
 
 fn main() {
     if let Ok(addr) = std::env::var(BACKEND_ENV) {
@@ -143,6 +146,20 @@ fn wrk(url: &str, duration: &str) -> Measured {
     }
 }
 
+/// Each figure's median over the rounds.
+fn median(rounds: &[Measured]) -> Measured {
+    let of = |figure: fn(&Measured) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Measured {
+        requests_per_second: of(|measured| measured.requests_per_second),
+        p50_ms: of(|measured| measured.p50_ms),
+        p99_ms: of(|measured| measured.p99_ms),
+    }
+}
+
 fn two_backend_route(stable: SocketAddr, canary: SocketAddr) -> proto::Route {
     let (stable, canary) = (stable.to_string(), canary.to_string());
     ficus_testkit::route::two_backends("bench", ("stable", &stable), ("canary", &canary), 2_000)
@@ -199,13 +216,23 @@ async fn run() {
         ("nginx, 80/20 split", format!("http://{nginx_addr}/")),
         ("ficus proxy, 80/20 split", format!("http://{proxy}/")),
     ];
-    let mut results = Vec::new();
-    for (name, url) in &contestants {
+    for (_, url) in &contestants {
         wrk(url, WARMUP);
-        results.push((name, wrk(url, DURATION)));
     }
+    let mut rounds: Vec<Vec<Measured>> = contestants.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for offset in 0..contestants.len() {
+            let index = (round + offset) % contestants.len();
+            rounds[index].push(wrk(&contestants[index].1, DURATION));
+        }
+    }
+    let results: Vec<(&str, Measured)> =
+        contestants.iter().zip(&rounds).map(|((name, _), measured)| (*name, median(measured))).collect();
     let nginx = &results[1].1;
-    println!("\nwrk -t1 -c{CONNECTIONS} -d{DURATION}, one worker each, same machine and backend program\n");
+    println!(
+        "\nwrk -t1 -c{CONNECTIONS} -d{DURATION}, one worker each, same machine and backend program; \
+         medians of {ROUNDS} rounds in rotated order\n"
+    );
     println!("| path | requests/s | p50 ms | p99 ms | throughput vs nginx | p99 vs nginx |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, measured) in &results {
