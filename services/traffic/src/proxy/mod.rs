@@ -101,13 +101,13 @@ impl Proxy {
         shutdown: CancellationToken,
     ) -> std::io::Result<JoinHandle<std::io::Result<()>>> {
         listener.set_nonblocking(true)?;
-        // Should a thread fail to start, the ones already running stop with this token.
+        // Should a thread fail to start or a worker fail, the other workers stop with this token.
         let stop = shutdown.child_token();
         let mut stopped = Vec::new();
         for index in 0..self.config.worker_count().get() {
             let (done, finished) = oneshot::channel();
             let worker = Worker::new(self.clone());
-            let (listener, stop_worker) = (listener.try_clone(), stop.clone());
+            let (listener, stop_worker, stop_all) = (listener.try_clone(), stop.clone(), stop.clone());
             let started = listener.and_then(|listener| {
                 std::thread::Builder::new().name(format!("ficus-proxy-{index}")).spawn(move || {
                     let served =
@@ -117,6 +117,11 @@ impl Proxy {
                                 worker.serve(TcpListener::from_std(listener)?, stop_worker).await
                             })
                         });
+                    // One worker down takes the data plane down, so the service reports it
+                    // instead of serving on with fewer workers unnoticed.
+                    if served.is_err() {
+                        stop_all.cancel();
+                    }
                     let _ = done.send(served);
                 })
             });
