@@ -191,3 +191,70 @@ async fn a_backend_that_goes_down_gives_502s_counted_against_it_then_recovers() 
     assert_eq!(histogram_total, 150);
     traffic.stop().await;
 }
+
+/// A backend on a raw socket: reads one request head per connection, then answers it with
+/// `answer` (nothing at all when `None`) and closes the connection without saying so, as a
+/// backend whose keep-alive timeout is zero does.
+async fn one_request_per_connection_backend(answer: Option<&'static str>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0_u8; 1024];
+                while !head.windows(4).any(|end| end == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => head.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                match answer {
+                    Some(answer) => {
+                        let _ = stream.write_all(answer.as_bytes()).await;
+                    }
+                    // Hold the connection open without a word until the proxy gives up.
+                    None => {
+                        let _ = stream.read(&mut buffer).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_backend_closed_is_never_a_502() {
+    let backend =
+        one_request_per_connection_backend(Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: stable\r\n\r\nok"))
+            .await;
+    let mut traffic = Traffic::start().await;
+    traffic.put(route("checkout", backend, backend, 0)).await;
+    // Each connection is closed right after its response: the next request often finds
+    // its pooled connection dead before or while it is sent, and must go out on a new one.
+    for request in 0..300 {
+        assert_eq!(traffic.get("/", &[]).await.status, 200, "request {request}");
+    }
+    let by_name = stats(&mut traffic).await;
+    let stable = by_name.iter().find(|b| b.backend == "stable").expect("stable stats");
+    assert_eq!((stable.requests, stable.connection_errors), (300, 0));
+    traffic.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_does_not_answer_in_time_gives_504s_counted_against_it() {
+    let (silent, stable) = (one_request_per_connection_backend(None).await, Backend::start("stable").await);
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut traffic =
+        Traffic::start_configured(data, |config| config.proxy.request_timeout = Duration::from_millis(300)).await;
+    traffic.put(route("checkout", stable.addr(), silent, 10_000)).await;
+    for _ in 0..3 {
+        assert_eq!(traffic.get("/", &[]).await.status, 504);
+    }
+    let by_name = stats(&mut traffic).await;
+    let canary = by_name.iter().find(|b| b.backend == "canary").expect("canary stats");
+    assert_eq!((canary.requests, canary.connection_errors, canary.errors), (3, 3, 3));
+    traffic.stop().await;
+}

@@ -76,14 +76,15 @@ pub(super) async fn forward(
         }
         _ => body.boxed(),
     };
-    let Some(uri) = upstream_uri(active, backend, path) else {
+    let Some(endpoint) = active.endpoint(backend) else {
         return plain(StatusCode::BAD_GATEWAY, "the backend has no usable endpoint\n");
     };
-    let endpoint = uri.authority().cloned();
-    parts.uri = uri;
+    parts.uri = Uri::from(path);
+    default_host(&mut parts.headers, endpoint);
     let recorder = &active.recorders[backend];
     let started = Instant::now();
-    match tokio::time::timeout(config.request_timeout, worker.client.request(Request::from_parts(parts, body))).await {
+    let sent = worker.upstreams.send(endpoint, Request::from_parts(parts, body));
+    match tokio::time::timeout(config.request_timeout, sent).await {
         Ok(Ok(response)) => {
             recorder.record(Outcome::Status(response.status().as_u16()), started.elapsed());
             let (mut parts, body) = response.into_parts();
@@ -92,7 +93,7 @@ pub(super) async fn forward(
         }
         Ok(Err(error)) => {
             recorder.record(Outcome::ConnectionError, started.elapsed());
-            tracing::debug!(%error, ?endpoint, "upstream request failed");
+            tracing::debug!(%error, %endpoint, "upstream request failed");
             plain(StatusCode::BAD_GATEWAY, "the backend could not be reached\n")
         }
         Err(_) => {
@@ -100,15 +101,6 @@ pub(super) async fn forward(
             plain(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n")
         }
     }
-}
-
-/// `http://<next endpoint of backend><path>`, built from parsed parts without formatting.
-fn upstream_uri(active: &ActiveRoute, backend: usize, path: http::uri::PathAndQuery) -> Option<Uri> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(active.endpoint(backend)?.clone());
-    uri.path_and_query = Some(path);
-    Uri::from_parts(uri).ok()
 }
 
 /// Only requests whose whole body is known to be small are copied: the copy must be
@@ -132,18 +124,20 @@ fn mirror(
     path: &http::uri::PathAndQuery,
     body: Bytes,
 ) {
-    let Some(uri) = upstream_uri(active, shadow, path.clone()) else { return };
-    let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(http::Version::HTTP_11);
+    let Some(endpoint) = active.endpoint(shadow).cloned() else { return };
+    let mut builder =
+        Request::builder().method(parts.method.clone()).uri(Uri::from(path.clone())).version(http::Version::HTTP_11);
     if let Some(headers) = builder.headers_mut() {
         headers.clone_from(&parts.headers);
+        default_host(headers, &endpoint);
     }
     let Ok(request) = builder.body(Full::new(body).map_err(|never| match never {}).boxed()) else { return };
-    let client = worker.client.clone();
+    let upstreams = worker.upstreams.clone();
     let timeout = worker.proxy.config.request_timeout;
     let recorder = active.recorders[shadow].clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        match tokio::time::timeout(timeout, client.request(request)).await {
+        match tokio::time::timeout(timeout, upstreams.send(&endpoint, request)).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
                 // Drain so the pooled connection can be reused; the content is not wanted.
@@ -153,6 +147,16 @@ fn mirror(
             Ok(Err(_)) | Err(_) => recorder.record(Outcome::ConnectionError, started.elapsed()),
         }
     });
+}
+
+/// HTTP/1.1 requires `Host`: a request that came without one (HTTP/2 without authority)
+/// names the endpoint it goes to.
+fn default_host(headers: &mut HeaderMap, endpoint: &http::uri::Authority) {
+    if !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(endpoint.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

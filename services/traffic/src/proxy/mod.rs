@@ -13,6 +13,7 @@
 
 mod choose;
 mod forward;
+mod upstream;
 
 use std::{convert::Infallible, net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
@@ -20,7 +21,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{Request, Response, StatusCode, body::Incoming};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+use self::upstream::Upstreams;
 use crate::table::LiveTable;
 
 /// Bodies the proxy sends and returns.
@@ -146,22 +147,13 @@ impl Proxy {
 #[derive(Debug)]
 struct Worker {
     proxy: Arc<Proxy>,
-    client: Client<HttpConnector, ProxyBody>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl Worker {
     fn new(proxy: Arc<Proxy>) -> Self {
-        let config = &proxy.config;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .http1_writev(false)
-            .build(connector);
-        Self { proxy, client }
+        let upstreams = Upstreams::new(proxy.config.connect_timeout, proxy.config.idle_timeout);
+        Self { proxy, upstreams }
     }
 
     /// Serves connections from `listener` until `shutdown`, then lets open connections
@@ -169,6 +161,7 @@ impl Worker {
     async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
         let worker = Arc::new(self);
         let config = &worker.proxy.config;
+        worker.upstreams.sweep_until(shutdown.clone());
         let mut connections = auto::Builder::new(TokioExecutor::new());
         // Heads and small bodies are copied into one buffer and written with one `write`:
         // cheaper than a vectored write of several small slices.

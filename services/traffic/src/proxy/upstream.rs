@@ -1,0 +1,162 @@
+//! One worker's upstream connections: HTTP/1.1 connections to each endpoint, kept open
+//! between requests and reused most recent first.
+//!
+//! A worker's requests and connections live on its one thread, so the pool is a plain map
+//! behind a lock nobody else takes, and a request goes straight to its connection's task
+//! without hopping threads.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response, uri::Authority};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::ProxyBody;
+
+/// Most idle connections kept per endpoint; more are closed after their request.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// Why a request got no response from its endpoint.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum UpstreamError {
+    /// The TCP connection was refused or failed.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: Authority,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TCP connection did not complete within the connect timeout.
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(Authority),
+    /// The connection failed while the request was sent or its response read.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// A connection waiting for its next request.
+struct Pooled {
+    sender: http1::SendRequest<ProxyBody>,
+    /// When it was last handed a request.
+    used: Instant,
+}
+
+/// The pool of one worker.
+pub(super) struct Upstreams {
+    idle: Mutex<HashMap<Authority, Vec<Pooled>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams").field("idle_timeout", &self.idle_timeout).finish_non_exhaustive()
+    }
+}
+
+impl Upstreams {
+    /// An empty pool; connections wait at most `idle_timeout` for their next request.
+    pub(super) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self { idle: Mutex::new(HashMap::new()), connect_timeout, idle_timeout })
+    }
+
+    /// Closes idle connections past the idle timeout every half of it, until `stop`.
+    pub(super) fn sweep_until(self: &Arc<Self>, stop: CancellationToken) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(pool.idle_timeout / 2);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => pool.sweep(),
+                }
+            }
+        });
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to `endpoint` on a pooled connection,
+    /// or a new one.
+    pub(super) async fn send(
+        &self,
+        endpoint: &Authority,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // A pooled connection may have been closed by the backend since its last request;
+        // a request it could not take is sent again on the next one, or a new one.
+        while let Some(mut sender) = self.checkout(endpoint) {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.checkin(endpoint, sender);
+                    return Ok(response);
+                }
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(failed.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect(endpoint).await?;
+        let response = sender.send_request(request).await?;
+        self.checkin(endpoint, sender);
+        Ok(response)
+    }
+
+    /// A ready connection to `endpoint`, most recently used first. Closed and expired
+    /// connections are dropped on the way; busy ones (still streaming a response) stay.
+    fn checkout(&self, endpoint: &Authority) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let pooled = idle.get_mut(endpoint)?;
+        let now = Instant::now();
+        pooled.retain(|connection| !self.expired(connection, now));
+        let ready = pooled.iter().rposition(|connection| connection.sender.is_ready())?;
+        Some(pooled.swap_remove(ready).sender)
+    }
+
+    fn checkin(&self, endpoint: &Authority, sender: http1::SendRequest<ProxyBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let pooled = idle.entry(endpoint.clone()).or_default();
+        if pooled.len() < MAX_IDLE_PER_ENDPOINT {
+            pooled.push(Pooled { sender, used: Instant::now() });
+        }
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        for pooled in idle.values_mut() {
+            pooled.retain(|connection| !self.expired(connection, now));
+        }
+        idle.retain(|_, pooled| !pooled.is_empty());
+    }
+
+    fn expired(&self, connection: &Pooled, now: Instant) -> bool {
+        connection.sender.is_closed() || now.duration_since(connection.used) > self.idle_timeout
+    }
+
+    async fn connect(&self, endpoint: &Authority) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint.as_str()))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(endpoint.clone()))?
+            .map_err(|source| UpstreamError::Connect { endpoint: endpoint.clone(), source })?;
+        // Requests and responses are forwarded as they come; Nagle would hold them back.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %endpoint, "cannot disable Nagle on an upstream connection");
+        }
+        // Heads and small bodies go out from one buffer in one write.
+        let (sender, connection) = http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await?;
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %endpoint, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
