@@ -266,10 +266,11 @@ fn significant(state: &mut CheckState, side: Side, evidence: &Evidence, tau: f64
 /// below it: its boundary is tightest where the variance `V*` satisfies
 /// `τ² = V* (2 ln(1/2α) + ln(1 + 2 ln(1/2α)))` (Howard et al., "Time-uniform,
 /// nonparametric, nonasymptotic confidence sequences", 2021, one-sided), that is
-/// `τ ≈ 3 sqrt(V*)` at α = 0.05 / 3 (and 2.7 at the default template's 0.033): an excess of `τ` is caught about when it is three
-/// standard errors away. A doubling is the regression a canary must be caught at quickly,
-/// and the choice is not delicate: from half to 1.5 times this scale, median times to fail a
-/// doubled error rate are within noise of each other (simulated at 1000 req/s, 5% canary).
+/// `τ ≈ 3 sqrt(V*)` at α = 0.05 / 3 (and 2.7 at the default template's 0.033): an excess
+/// of `τ` is caught about when it is three standard errors away. A doubling is the
+/// regression a canary must be caught at quickly, and the choice is not delicate: from half
+/// to 1.5 times this scale, median times to fail a doubled error rate are within noise of
+/// each other (simulated at 1000 req/s, 5% canary).
 /// The statistical rule's margin is not a good scale: it is how much worse the canary may
 /// be, so a mixture tuned to it spends its weight on excesses too small to matter and, in
 /// the same simulation, takes the median time to fail from 75 s to about 125 s.

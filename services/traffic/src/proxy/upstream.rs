@@ -42,6 +42,7 @@ pub(super) enum UpstreamError {
 }
 
 /// A connection waiting for its next request.
+#[derive(Debug)]
 struct Pooled {
     sender: http1::SendRequest<ProxyBody>,
     /// When it was last handed a request.
@@ -49,16 +50,11 @@ struct Pooled {
 }
 
 /// The pool of one worker.
+#[derive(Debug)]
 pub(super) struct Upstreams {
     idle: Mutex<HashMap<Authority, Vec<Pooled>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
-}
-
-impl std::fmt::Debug for Upstreams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstreams").field("idle_timeout", &self.idle_timeout).finish_non_exhaustive()
-    }
 }
 
 impl Upstreams {
