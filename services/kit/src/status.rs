@@ -104,6 +104,29 @@ pub fn invalid_field(status: &Status) -> Option<String> {
     bad_request.field_violations.first().map(|violation| violation.field.clone())
 }
 
+/// The canonical name of `code` (`NOT_FOUND`), as metrics label calls by it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// UNAVAILABLE because `dependency` cannot be reached; callers may retry.
 pub fn unavailable(dependency: &str, reason: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("{dependency} unavailable: {reason}"))

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ficus_proto::sessions::v1::{
-    CreateSessionRequest, DeleteSessionRequest, GetSessionRequest, session_store_client::SessionStoreClient,
+    CreateSessionRequest, DeleteSessionRequest, GetSessionRequest, Session as ProtoSession,
+    session_call::Request as Call, session_reply::Reply, session_store_client::SessionStoreClient,
 };
 use tonic::{
     Code, Status,
@@ -13,7 +14,7 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 
-use crate::{Error, RetryPolicy, Session};
+use crate::{Error, RetryPolicy, Session, pipeline::Pipeline};
 
 /// How long connecting to the session store may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,6 +22,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one call may take: a session call sits in the path of a user's request, so
 /// it fails rather than hangs while the store is unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often an idle connection is checked, so a store that vanished without closing it
+/// fails the calls waiting on it instead of leaving them to time out one by one.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The session found for a request.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,9 +38,12 @@ pub struct Loaded {
 }
 
 /// A client of the ficus `SessionStore`. Cheap to clone; clones share the connection.
-#[derive(Clone, Debug)]
+///
+/// Calls go over one Pipeline stream that the client and its clones share, so many
+/// concurrent requests cost the store little more than their session reads and writes.
+#[derive(Debug)]
 pub struct SessionClient<T = Channel> {
-    inner: SessionStoreClient<T>,
+    pipeline: Pipeline<T>,
     retry: RetryPolicy,
     ttl: Option<Duration>,
 }
@@ -49,21 +57,30 @@ impl SessionClient<Channel> {
             .map_err(|source| Error::Address { address: address.to_owned(), source })?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(CALL_TIMEOUT)
             .tcp_nodelay(true);
         Ok(Self::new(endpoint.connect_lazy()))
     }
 }
 
+impl<T: Clone> Clone for SessionClient<T> {
+    fn clone(&self) -> Self {
+        Self { pipeline: self.pipeline.clone(), retry: self.retry, ttl: self.ttl }
+    }
+}
+
 impl<T> SessionClient<T>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone,
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
     T::Error: Into<StdError>,
     T::ResponseBody: Body<Data = Bytes> + Send + 'static,
     <T::ResponseBody as Body>::Error: Into<StdError> + Send,
 {
     /// A client over any gRPC channel, e.g. one with tracing or authentication layers.
     pub fn new(channel: T) -> Self {
-        Self { inner: SessionStoreClient::new(channel), retry: RetryPolicy::default(), ttl: None }
+        Self { pipeline: Pipeline::new(SessionStoreClient::new(channel)), retry: RetryPolicy::default(), ttl: None }
     }
 
     /// Retries conflicting updates as `retry` says.
@@ -100,8 +117,7 @@ where
     /// Creates an empty session.
     pub async fn create(&self) -> Result<Session, Error> {
         let request = CreateSessionRequest { ttl: self.ttl.map(Into::into), ..CreateSessionRequest::default() };
-        let created = self.inner.clone().create_session(request).await?;
-        Ok(Session::from_proto(created.into_inner()))
+        Ok(Session::from_proto(self.session(Call::Create(request)).await?))
     }
 
     /// Saves the session's changes if nobody else has written it since it was read; the
@@ -116,9 +132,9 @@ where
         if !session.is_modified() {
             return Ok(());
         }
-        match self.inner.clone().update_session(session.update_request()).await {
+        match self.session(Call::Update(session.update_request())).await {
             Ok(saved) => {
-                *session = Session::from_proto(saved.into_inner());
+                *session = Session::from_proto(saved);
                 Ok(())
             }
             Err(status) => Err(classify(status)),
@@ -156,18 +172,46 @@ where
     /// Deletes the session `id`, as on logout; returns whether it was live. Deleting a
     /// session twice is fine.
     pub async fn delete(&self, id: &str) -> Result<bool, Error> {
-        let deleted = self.inner.clone().delete_session(DeleteSessionRequest { id: id.to_owned() }).await?;
-        Ok(deleted.into_inner().existed)
+        match self.call(Call::Delete(DeleteSessionRequest { id: id.to_owned() })).await? {
+            Reply::Deleted(deleted) => Ok(deleted.existed),
+            _ => Err(mismatched().into()),
+        }
+    }
+
+    /// Reads the live session `id` without sliding its expiry, as a look from outside the
+    /// user's requests (an admin page, an audit) should; `None` when there is none.
+    pub async fn peek(&self, id: &str) -> Result<Option<Session>, Error> {
+        self.get(id, false).await
     }
 
     async fn get(&self, id: &str, touch: bool) -> Result<Option<Session>, Error> {
-        match self.inner.clone().get_session(GetSessionRequest { id: id.to_owned(), touch }).await {
-            Ok(session) => Ok(Some(Session::from_proto(session.into_inner()))),
+        match self.session(Call::Get(GetSessionRequest { id: id.to_owned(), touch })).await {
+            Ok(session) => Ok(Some(Session::from_proto(session))),
             // A malformed id cannot name a session; for the caller it is simply not there.
             Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => Ok(None),
             Err(status) => Err(status.into()),
         }
     }
+
+    /// Makes a call that answers with a session.
+    async fn session(&self, request: Call) -> Result<ProtoSession, Status> {
+        match self.call(request).await? {
+            Reply::Session(session) => Ok(session),
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Makes a call, failing it with DEADLINE_EXCEEDED after [`CALL_TIMEOUT`].
+    async fn call(&self, request: Call) -> Result<Reply, Status> {
+        tokio::time::timeout(CALL_TIMEOUT, self.pipeline.call(request)).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!("the session store did not answer within {CALL_TIMEOUT:?}")))
+        })
+    }
+}
+
+/// The store answered a call with the reply of another kind of call.
+fn mismatched() -> Status {
+    Status::internal("the session store answered with a reply of the wrong kind")
 }
 
 /// The client's error for a failed update.

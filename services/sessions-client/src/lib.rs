@@ -32,6 +32,7 @@
 //! It depends on tonic and the generated ficus types only, so it fits any web framework.
 
 mod client;
+mod pipeline;
 mod retry;
 mod session;
 

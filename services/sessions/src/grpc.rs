@@ -1,17 +1,20 @@
 //! The `SessionStore` gRPC service: each rpc converts its request to domain types, calls
-//! one [`Sessions`] operation and converts the result back. Errors become statuses in
+//! one [`Sessions`] operation and converts the result back, and the Pipeline rpc runs the
+//! same conversions for calls that share a stream. Errors become statuses in
 //! [`error`](crate::error) only.
 
 use std::time::{Duration, SystemTime};
 
 use ficus_proto::sessions::v1::{
     CreateSessionRequest, DeleteSessionRequest, DeleteSessionResponse, GetSessionRequest, Session as ProtoSession,
-    TouchSessionRequest, UpdateSessionRequest, session_store_server::SessionStore,
+    SessionCalls, TouchSessionRequest, UpdateSessionRequest, session_store_server::SessionStore,
 };
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     error::SessionError,
+    pipeline::{self, ReplyStream},
     service::{Changes, NewSession, Session, Sessions},
 };
 
@@ -19,56 +22,87 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct SessionStoreService {
     sessions: Sessions,
+    /// Ends Pipeline streams when the server shuts down, which would otherwise keep it
+    /// waiting for their clients to hang up.
+    shutdown: CancellationToken,
 }
 
 impl SessionStoreService {
-    /// Serves `sessions`.
-    pub fn new(sessions: Sessions) -> Self {
-        Self { sessions }
+    /// Serves `sessions` until `shutdown`.
+    pub fn new(sessions: Sessions, shutdown: CancellationToken) -> Self {
+        Self { sessions, shutdown }
     }
 }
 
 #[tonic::async_trait]
 impl SessionStore for SessionStoreService {
     async fn create_session(&self, request: Request<CreateSessionRequest>) -> Result<Response<ProtoSession>, Status> {
-        let request = request.into_inner();
-        let new = NewSession {
-            attributes: request.attributes,
-            ttl: duration("ttl", request.ttl)?,
-            max_lifetime: duration("max_lifetime", request.max_lifetime)?,
-        };
-        Ok(Response::new(to_proto(self.sessions.create(new).await?)))
+        Ok(Response::new(create(&self.sessions, request.into_inner()).await?))
     }
 
     async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<ProtoSession>, Status> {
-        let request = request.into_inner();
-        Ok(Response::new(to_proto(self.sessions.get(&request.id, request.touch).await?)))
+        Ok(Response::new(get(&self.sessions, request.into_inner()).await?))
     }
 
     async fn update_session(&self, request: Request<UpdateSessionRequest>) -> Result<Response<ProtoSession>, Status> {
-        let request = request.into_inner();
-        let changes = Changes {
-            expected_version: request.expected_version,
-            set: request.set,
-            remove: request.remove,
-            ttl: duration("ttl", request.ttl)?,
-        };
-        Ok(Response::new(to_proto(self.sessions.update(&request.id, changes).await?)))
+        Ok(Response::new(update(&self.sessions, request.into_inner()).await?))
     }
 
     async fn touch_session(&self, request: Request<TouchSessionRequest>) -> Result<Response<ProtoSession>, Status> {
-        let request = request.into_inner();
-        let ttl = duration("ttl", request.ttl)?;
-        Ok(Response::new(to_proto(self.sessions.touch(&request.id, ttl).await?)))
+        Ok(Response::new(touch(&self.sessions, request.into_inner()).await?))
     }
 
     async fn delete_session(
         &self,
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
-        let existed = self.sessions.delete(&request.into_inner().id).await?;
-        Ok(Response::new(DeleteSessionResponse { existed }))
+        Ok(Response::new(delete(&self.sessions, request.into_inner()).await?))
     }
+
+    async fn pipeline(&self, request: Request<Streaming<SessionCalls>>) -> Result<Response<ReplyStream>, Status> {
+        let calls = request.into_inner();
+        Ok(Response::new(pipeline::serve(self.sessions.clone(), calls, self.shutdown.clone())))
+    }
+}
+
+/// CreateSession.
+pub(crate) async fn create(sessions: &Sessions, request: CreateSessionRequest) -> Result<ProtoSession, SessionError> {
+    let new = NewSession {
+        attributes: request.attributes,
+        ttl: duration("ttl", request.ttl)?,
+        max_lifetime: duration("max_lifetime", request.max_lifetime)?,
+    };
+    Ok(to_proto(sessions.create(new).await?))
+}
+
+/// GetSession.
+pub(crate) async fn get(sessions: &Sessions, request: GetSessionRequest) -> Result<ProtoSession, SessionError> {
+    Ok(to_proto(sessions.get(&request.id, request.touch).await?))
+}
+
+/// UpdateSession.
+pub(crate) async fn update(sessions: &Sessions, request: UpdateSessionRequest) -> Result<ProtoSession, SessionError> {
+    let changes = Changes {
+        expected_version: request.expected_version,
+        set: request.set,
+        remove: request.remove,
+        ttl: duration("ttl", request.ttl)?,
+    };
+    Ok(to_proto(sessions.update(&request.id, changes).await?))
+}
+
+/// TouchSession.
+pub(crate) async fn touch(sessions: &Sessions, request: TouchSessionRequest) -> Result<ProtoSession, SessionError> {
+    let ttl = duration("ttl", request.ttl)?;
+    Ok(to_proto(sessions.touch(&request.id, ttl).await?))
+}
+
+/// DeleteSession.
+pub(crate) async fn delete(
+    sessions: &Sessions,
+    request: DeleteSessionRequest,
+) -> Result<DeleteSessionResponse, SessionError> {
+    Ok(DeleteSessionResponse { existed: sessions.delete(&request.id).await? })
 }
 
 fn to_proto(session: Session) -> ProtoSession {

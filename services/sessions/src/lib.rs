@@ -11,7 +11,8 @@
 //! be and how long it may live are the [`Limits`]. Applications call it through the
 //! `ficus-sessions-client` crate.
 //!
-//! Modules, from the rpc down: `grpc` (the handlers), `service` (the operations),
+//! Modules, from the rpc down: `grpc` (the handlers), `pipeline` (many calls on one
+//! stream), `service` (the operations),
 //! `record` (the stored form), with `id`, `limits` and `expiry` holding the rules and
 //! `error` the one mapping to gRPC statuses.
 
@@ -21,6 +22,7 @@ mod grpc;
 mod id;
 mod limits;
 mod metrics;
+mod pipeline;
 mod record;
 mod service;
 
@@ -87,7 +89,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let store = Store::open(&config.store, "sessions").await?;
     let metrics = metrics::Metrics::default();
     let sessions = service::Sessions::new(store.clone(), config.limits, metrics.clone());
-    let routes = tonic::service::Routes::new(SessionStoreServer::new(grpc::SessionStoreService::new(sessions)));
+    let routes = tonic::service::Routes::new(SessionStoreServer::new(grpc::SessionStoreService::new(
+        sessions,
+        shutdown.clone(),
+    )));
     let mut server = Server::new(ficus_proto::service_names::SESSIONS, config.server, routes).depends_on(store);
     metrics.register(server.registry());
     Ok(server.start(shutdown).await?)

@@ -118,6 +118,11 @@ impl Sessions {
         Self { store, limits: Arc::new(limits), metrics, lanes: Arc::new(Lanes::new()) }
     }
 
+    /// The metrics the operations update.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Creates a session under a fresh id.
     pub async fn create(&self, new: NewSession) -> Result<Session, SessionError> {
         if let Some(ttl) = new.ttl {

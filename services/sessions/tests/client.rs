@@ -13,6 +13,7 @@ on_both_backends!(
     a_request_gets_the_cookies_session_or_a_new_one,
     a_save_over_a_newer_version_is_refused_and_keeps_the_changes,
     update_returns_what_the_change_returned_and_gives_up_when_the_session_is_gone,
+    the_client_carries_on_over_a_service_restart,
 );
 
 async fn a_request_gets_the_cookies_session_or_a_new_one(backend: Backend) {
@@ -112,4 +113,21 @@ async fn update_returns_what_the_change_returned_and_gives_up_when_the_session_i
     let gone = client.update(&mut session, |session| session.set("visits", "9")).await;
     assert!(matches!(gone, Err(Error::NotFound)), "{gone:?}");
     assert!(!client.delete(session.id()).await.expect("deleting again succeeds"));
+}
+
+async fn the_client_carries_on_over_a_service_restart(backend: Backend) {
+    let mut harness = Harness::start(backend).await;
+    let client = harness.client();
+    let mut session = client.create().await.expect("a session");
+    session.set("user", "ada");
+    client.save(&mut session).await.expect("saved");
+
+    // The restart ends the client's stream; its next calls open another, without errors.
+    harness.restart_service().await;
+    let read = client.peek(session.id()).await.expect("read after the restart").expect("the session is there");
+    assert_eq!(read.get_str("user"), Some("ada"));
+    assert_eq!(read.version(), session.version());
+    let mut read = read;
+    read.set("cart", "1 item");
+    client.save(&mut read).await.expect("saved after the restart");
 }

@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ficus_proto::sessions::v1::{CreateSessionRequest, GetSessionRequest, UpdateSessionRequest};
+use ficus_sessions_client::Error;
 use ficus_testkit::{eventually, http};
 use support::{Backend, Harness, attributes};
 use tonic::Code;
@@ -18,6 +19,8 @@ const FAIL_FAST: Duration = Duration::from_secs(3);
 async fn calls_fail_fast_while_redis_is_down_and_recover_when_it_is_back() {
     let mut harness = Harness::start(Backend::Redis).await;
     let mut grpc = harness.grpc();
+    // The application client, whose calls share one Pipeline stream.
+    let client = harness.client();
     let admin = harness.admin_addr();
     let session = support::create(&mut grpc, attributes(&[("user", b"ada")]), None).await;
     assert_eq!(http::get(admin, "/readyz").await.expect("/readyz answers").0, 200);
@@ -45,6 +48,11 @@ async fn calls_fail_fast_while_redis_is_down_and_recover_when_it_is_back() {
     assert!(started.elapsed() < FAIL_FAST, "CreateSession took {:?}", started.elapsed());
     support::assert_code(create, Code::Unavailable);
 
+    let started = Instant::now();
+    let pipelined = client.peek(&session.id).await;
+    assert!(started.elapsed() < FAIL_FAST, "a pipelined read took {:?}", started.elapsed());
+    assert!(matches!(&pipelined, Err(Error::Rpc(status)) if status.code() == Code::Unavailable), "{pipelined:?}");
+
     eventually(Duration::from_secs(10), || async move { matches!(http::get(admin, "/readyz").await, Ok((503, _))) })
         .await;
 
@@ -68,5 +76,9 @@ async fn calls_fail_fast_while_redis_is_down_and_recover_when_it_is_back() {
         ..UpdateSessionRequest::default()
     };
     grpc.update_session(request).await.expect("UpdateSession after the outage");
+    // The same application client works again, on the same stream.
+    let mut pipelined = client.peek(&session.id).await.expect("a pipelined read").expect("the session is there");
+    pipelined.set("theme", "dark");
+    client.save(&mut pipelined).await.expect("a pipelined save after the outage");
     support::create(&mut grpc, attributes(&[]), None).await;
 }

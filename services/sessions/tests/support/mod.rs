@@ -113,12 +113,15 @@ impl Harness {
         self.redis.as_mut().expect("a Redis backend")
     }
 
-    /// Stops the service gracefully and starts a new one on the same store.
+    /// Stops the service gracefully and starts a new one on the same store and the same
+    /// addresses, as a restarted process behind a fixed address would be.
     pub async fn restart_service(&mut self) {
         if let Some((running, shutdown)) = self.running.take() {
             shutdown.cancel();
             running.wait().await.expect("a clean shutdown");
         }
+        self.config.server.grpc_addr = self.grpc_addr;
+        self.config.server.admin_addr = self.admin_addr;
         let (running, shutdown) = launch(&self.config).await;
         self.grpc_addr = running.grpc_addr;
         self.admin_addr = running.admin_addr;
