@@ -104,7 +104,7 @@ pub fn invalid_field(status: &Status) -> Option<String> {
     bad_request.field_violations.first().map(|violation| violation.field.clone())
 }
 
-/// The canonical name of `code` (`NOT_FOUND`), as metrics label calls by it.
+/// The canonical name of `code` (e.g. `NOT_FOUND`), the label value metrics use for it.
 pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",

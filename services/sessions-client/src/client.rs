@@ -41,7 +41,7 @@ pub struct Loaded {
 ///
 /// Calls go over one Pipeline stream that the client and its clones share, so many
 /// concurrent requests cost the store little more than their session reads and writes.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SessionClient<T = Channel> {
     pipeline: Pipeline<T>,
     retry: RetryPolicy,
@@ -61,12 +61,6 @@ impl SessionClient<Channel> {
             .keep_alive_timeout(CALL_TIMEOUT)
             .tcp_nodelay(true);
         Ok(Self::new(endpoint.connect_lazy()))
-    }
-}
-
-impl<T: Clone> Clone for SessionClient<T> {
-    fn clone(&self) -> Self {
-        Self { pipeline: self.pipeline.clone(), retry: self.retry, ttl: self.ttl }
     }
 }
 

@@ -43,18 +43,12 @@ const MAX_STREAMS_PER_CALL: u8 = 3;
 type Outcome = Result<Reply, Status>;
 
 /// The calls of a client and its clones, over one stream.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Pipeline<T> {
     grpc: SessionStoreClient<T>,
     /// Started on first use: creating a client needs no async runtime, running one does.
     calls: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
     slots: Arc<Semaphore>,
-}
-
-impl<T: Clone> Clone for Pipeline<T> {
-    fn clone(&self) -> Self {
-        Self { grpc: self.grpc.clone(), calls: self.calls.clone(), slots: self.slots.clone() }
-    }
 }
 
 /// A call waiting for its reply.
