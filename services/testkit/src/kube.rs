@@ -22,6 +22,15 @@ const ADMIN_TOKEN: &str = "ficus-test-admin";
 /// How long etcd and the API server may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How many times a start is tried with fresh ports.
+const PORT_ATTEMPTS: usize = 5;
+
+/// The API server's log, in the server's directory.
+const APISERVER_LOG: &str = "apiserver.log";
+
+/// etcd's log, in the server's directory.
+const ETCD_LOG: &str = "etcd.log";
+
 /// How long a CRD may take to be established.
 const CRD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,6 +53,18 @@ impl KubeApiServer {
     /// Panics when a binary is missing (the message says how to install it) or the server
     /// does not become ready in time (the message ends with its log).
     pub async fn start() -> Self {
+        let mut last_error = String::new();
+        // A port may be taken between picking it and binding it; fresh ports are the fix.
+        for _ in 0..PORT_ATTEMPTS {
+            match Self::launch().await {
+                Ok(server) => return server,
+                Err(PortTaken(error)) => last_error = error,
+            }
+        }
+        panic!("kube-apiserver did not start after {PORT_ATTEMPTS} attempts:\n{last_error}");
+    }
+
+    async fn launch() -> Result<Self, PortTaken> {
         let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("cannot create a directory: {error}"));
         let (client_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{client_port}");
@@ -55,7 +76,7 @@ impl KubeApiServer {
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .stdout(Stdio::null())
-            .stderr(log_file(dir.path(), "etcd.log"))
+            .stderr(log_file(dir.path(), ETCD_LOG))
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start etcd ({error}); run scripts/install-test-tools.sh"));
 
@@ -79,22 +100,22 @@ impl KubeApiServer {
             // No controller manager creates the `default` ServiceAccount of namespaces.
             .arg("--disable-admission-plugins=ServiceAccount")
             .stdout(Stdio::null())
-            .stderr(log_file(dir.path(), "apiserver.log"))
+            .stderr(log_file(dir.path(), APISERVER_LOG))
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start kube-apiserver ({error}); run scripts/install-test-tools.sh"));
         let url = format!("https://127.0.0.1:{secure_port}");
         let kubeconfig = dir.path().join("kubeconfig");
         let mut server = Self { dir, etcd, apiserver, url, kubeconfig };
-        server.wait_ready().await;
-        server
+        server.wait_ready().await?;
+        Ok(server)
     }
 
     /// Waits for the serving certificate, writes the kubeconfig, then waits for `/readyz`.
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), PortTaken> {
         let certificate = self.dir.path().join("certs/apiserver.crt");
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         while !certificate.is_file() {
-            self.check_alive();
+            self.check_alive()?;
             assert!(tokio::time::Instant::now() < deadline, "kube-apiserver wrote no certificate:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -110,33 +131,35 @@ impl KubeApiServer {
             loop {
                 let request = http::Request::get("/readyz").body(Vec::new()).unwrap_or_default();
                 if client.request_text(request).await.is_ok_and(|body| body == "ok") {
-                    return;
+                    return Ok(());
                 }
-                self.check_alive();
+                self.check_alive()?;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
         .await;
-        assert!(ready.is_ok(), "kube-apiserver not ready within {START_TIMEOUT:?}:\n{}", self.log());
+        ready.unwrap_or_else(|_| panic!("kube-apiserver not ready within {START_TIMEOUT:?}:\n{}", self.log()))
     }
 
-    fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.apiserver.try_wait() {
-            panic!("kube-apiserver exited ({status}):\n{}", self.log());
+    /// Panics when either process exited, unless it exited because its port was taken.
+    fn check_alive(&mut self) -> Result<(), PortTaken> {
+        for (name, child, log) in
+            [("kube-apiserver", &mut self.apiserver, APISERVER_LOG), ("etcd", &mut self.etcd, ETCD_LOG)]
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = tail(&self.dir.path().join(log));
+                if log.contains("address already in use") {
+                    return Err(PortTaken(log));
+                }
+                panic!("{name} exited ({status}):\n{log}");
+            }
         }
-        if let Ok(Some(status)) = self.etcd.try_wait() {
-            panic!("etcd exited ({status})");
-        }
+        Ok(())
     }
 
     /// The end of the API server's log, for failure messages.
     pub fn log(&self) -> String {
-        let mut log = String::new();
-        if let Ok(mut file) = std::fs::File::open(self.dir.path().join("apiserver.log")) {
-            let _ = file.read_to_string(&mut log);
-        }
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.dir.path().join(APISERVER_LOG))
     }
 
     /// The API server's URL, e.g. `https://127.0.0.1:41234`.
@@ -281,3 +304,16 @@ fn write(path: &Path, contents: &str) {
 fn log_file(dir: &Path, name: &str) -> Stdio {
     std::fs::File::create(dir.join(name)).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
+
+/// The last lines of the log file at `path`, for failure messages.
+fn tail(path: &Path) -> String {
+    let mut log = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut log);
+    }
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A process could not bind its port; the log says which.
+struct PortTaken(String);
