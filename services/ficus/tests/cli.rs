@@ -45,7 +45,7 @@ impl Plane {
             sessions: ficus_sessions::Config {
                 server: ServerConfig::ephemeral(),
                 store: store("sessions"),
-                limits: Default::default(),
+                ..Default::default()
             },
             traffic: ficus_traffic::Config::ephemeral(store("traffic")),
             // ControlPlane::start points analysis and planner at the services it starts.

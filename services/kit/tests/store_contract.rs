@@ -85,6 +85,7 @@ contract!(
     versions_grow_and_are_never_reused,
     expired_entries_are_never_returned,
     expire_moves_the_deadline_but_keeps_the_version,
+    put_extending_keeps_a_later_expiry,
     scan_orders_by_key_and_matches_the_prefix_literally,
     namespaces_are_isolated,
     watch_reports_puts_deletes_and_expiry,
@@ -205,6 +206,59 @@ async fn expire_moves_the_deadline_but_keeps_the_version(f: Fixture) {
 
     assert!(!store.expire("permanent", Duration::from_secs(1)).await.unwrap(), "nothing live to extend");
     assert!(!store.expire("never-written", Duration::from_secs(1)).await.unwrap());
+}
+
+async fn put_extending_keeps_a_later_expiry(f: Fixture) {
+    let store = &f.store;
+    let minute = Duration::from_secs(60);
+
+    // Nothing there yet: the TTL decides, and the reply says what the store keeps.
+    let before = SystemTime::now();
+    let first = store.put_extending("session", b"a".to_vec(), Expect::Absent, 10 * minute).await.unwrap();
+    let after = SystemTime::now();
+    let ten = first.expires_at.expect("a ttl sets an expiry");
+    assert_near(ten, before + 10 * minute, after + 10 * minute);
+    let stored = store.get("session").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.expires_at), (first.version, first.expires_at));
+
+    // A shorter TTL leaves the later expiry alone; the value and version still change.
+    let second = store.put_extending("session", b"b".to_vec(), Expect::Version(first.version), minute).await.unwrap();
+    assert!(second.version > first.version);
+    assert_eq!(second.expires_at, Some(ten));
+    let stored = store.get("session").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.value, stored.expires_at), (second.version, b"b".to_vec(), Some(ten)));
+
+    // A longer one moves it.
+    let third = store.put_extending("session", b"c".to_vec(), Expect::Any, 20 * minute).await.unwrap();
+    let twenty = third.expires_at.unwrap();
+    assert!(twenty >= ten + 9 * minute, "{twenty:?} should be about 20 minutes from now");
+    assert_eq!(store.get("session").await.unwrap().unwrap().expires_at, Some(twenty));
+
+    // A plain put replaces the expiry, shorter or not.
+    let exact = store.put("session", b"d".to_vec(), Expect::Any, Some(minute)).await.unwrap();
+    let stored = store.get("session").await.unwrap().unwrap();
+    assert_eq!(stored.version, exact);
+    assert!(stored.expires_at.unwrap() < ten, "a plain put shortens the expiry");
+
+    // A permanent entry stays permanent: never is the latest expiry of all.
+    store.put("permanent", b"p".to_vec(), Expect::Absent, None).await.unwrap();
+    let kept = store.put_extending("permanent", b"q".to_vec(), Expect::Any, minute).await.unwrap();
+    assert_eq!(kept.expires_at, None);
+    assert_eq!(store.get("permanent").await.unwrap().unwrap().expires_at, None);
+
+    // A refused write changes nothing, expiry included.
+    assert_conflict(
+        store.put_extending("session", b"e".to_vec(), Expect::Version(first.version), 30 * minute).await,
+        "session",
+        Some(exact),
+    );
+    assert_eq!(store.get("session").await.unwrap().unwrap().expires_at, stored.expires_at);
+
+    // An expired entry's expiry is not kept: it is gone.
+    store.put("brief", b"x".to_vec(), Expect::Absent, Some(Duration::from_millis(100))).await.unwrap();
+    eventually(PATIENCE, || async { store.get("brief").await.unwrap().is_none() }).await;
+    let revived = store.put_extending("brief", b"y".to_vec(), Expect::Absent, minute).await.unwrap();
+    assert!(revived.expires_at.unwrap() > SystemTime::now() + minute / 2);
 }
 
 async fn scan_orders_by_key_and_matches_the_prefix_literally(f: Fixture) {

@@ -27,7 +27,7 @@ use ficus_kit::server::ServerConfig;
 use ficus_proto::sessions::v1::{
     CreateSessionRequest, GetSessionRequest, UpdateSessionRequest, session_store_client::SessionStoreClient,
 };
-use ficus_sessions::{Config, Limits};
+use ficus_sessions::Config;
 use ficus_sessions_client::SessionClient;
 use ficus_testkit::RedisServer;
 use hdrhistogram::Histogram;
@@ -109,7 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg("everysec").query_async(&mut redis).await?;
 
     let shutdown = CancellationToken::new();
-    let config = Config { server: ServerConfig::ephemeral(), store: redis_server.url(), limits: Limits::default() };
+    let config = Config { server: ServerConfig::ephemeral(), store: redis_server.url(), ..Config::default() };
     let running = ficus_sessions::start(config, shutdown.clone()).await?;
     let channel = Endpoint::from_shared(format!("http://{}", running.grpc_addr))?.tcp_nodelay(true).connect().await?;
     let mut grpc = SessionStoreClient::new(channel);

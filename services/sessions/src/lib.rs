@@ -12,10 +12,11 @@
 //! `ficus-sessions-client` crate.
 //!
 //! Modules, from the rpc down: `grpc` (the handlers), `pipeline` (many calls on one
-//! stream), `service` (the operations),
-//! `record` (the stored form), with `id`, `limits` and `expiry` holding the rules and
-//! `error` the one mapping to gRPC statuses.
+//! stream), `service` (the operations), `cache` (records seen lately, so an update need
+//! not read first), `record` (the stored form), with `id`, `limits` and `expiry` holding
+//! the rules and `error` the one mapping to gRPC statuses.
 
+mod cache;
 mod error;
 mod expiry;
 mod grpc;
@@ -48,11 +49,25 @@ pub struct Config {
     /// Bounds on session size and lifetime.
     #[serde(default)]
     pub limits: Limits,
+    /// Bytes of recently read and written session records to keep, so that an update of
+    /// one needs a single store round trip instead of a read and a write; 0 keeps none.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+}
+
+/// 64 MiB: a few hundred thousand typical sessions.
+fn default_cache_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { server: ServerConfig::on_ports(7004, 9004), store: "data/sessions".into(), limits: Limits::default() }
+        Self {
+            server: ServerConfig::on_ports(7004, 9004),
+            store: "data/sessions".into(),
+            limits: Limits::default(),
+            cache_bytes: default_cache_bytes(),
+        }
     }
 }
 
@@ -88,7 +103,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     config.validate()?;
     let store = Store::open(&config.store, "sessions").await?;
     let metrics = metrics::Metrics::default();
-    let sessions = service::Sessions::new(store.clone(), config.limits, metrics.clone());
+    let sessions = service::Sessions::new(store.clone(), config.limits, metrics.clone(), config.cache_bytes);
     let routes = tonic::service::Routes::new(SessionStoreServer::new(grpc::SessionStoreService::new(
         sessions,
         shutdown.clone(),

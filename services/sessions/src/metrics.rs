@@ -47,6 +47,8 @@ pub struct Metrics {
     pub deleted: Counter,
     /// Updates refused because the session had changed since the caller read it.
     pub conflicts: Counter,
+    /// Updates written from a record this replica had cached, without reading it again.
+    pub updates_from_cache: Counter,
     pipelined_calls: Family<CallLabels, Counter>,
     pipelined_latency: LatencyFamily,
 }
@@ -57,6 +59,7 @@ impl Default for Metrics {
             created: Counter::default(),
             deleted: Counter::default(),
             conflicts: Counter::default(),
+            updates_from_cache: Counter::default(),
             pipelined_calls: Family::default(),
             pipelined_latency: LatencyFamily::new_with_constructor(latency_histogram),
         }
@@ -72,6 +75,11 @@ impl Metrics {
             "session_update_conflicts",
             "Session updates refused because the expected version was stale",
             self.conflicts.clone(),
+        );
+        registry.register(
+            "session_updates_from_cache",
+            "Session updates written from a record this replica had cached, without reading it again",
+            self.updates_from_cache.clone(),
         );
         registry.register(
             "session_pipeline_calls",

@@ -13,11 +13,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ficus_kit::store::{Expect, Store, StoreError};
+use ficus_kit::store::{Expect, Store, StoreError, Written};
 use prost::Message;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{
+    cache::RecordCache,
     error::SessionError,
     expiry,
     id::SessionId,
@@ -103,6 +104,12 @@ struct Loaded {
     expires_at: SystemTime,
 }
 
+/// A session as written: its new version and expiry.
+struct Saved {
+    version: u64,
+    expires_at: SystemTime,
+}
+
 /// The session operations.
 #[derive(Clone, Debug)]
 pub struct Sessions {
@@ -110,12 +117,20 @@ pub struct Sessions {
     limits: Arc<Limits>,
     metrics: Metrics,
     lanes: Arc<Lanes>,
+    cache: Arc<RecordCache>,
 }
 
 impl Sessions {
-    /// Sessions kept in `store`, bounded by `limits`, counted in `metrics`.
-    pub fn new(store: Store, limits: Limits, metrics: Metrics) -> Self {
-        Self { store, limits: Arc::new(limits), metrics, lanes: Arc::new(Lanes::new()) }
+    /// Sessions kept in `store`, bounded by `limits`, counted in `metrics`, with up to
+    /// `cache_bytes` of recently seen records kept to spare updates a read.
+    pub fn new(store: Store, limits: Limits, metrics: Metrics, cache_bytes: u64) -> Self {
+        Self {
+            store,
+            limits: Arc::new(limits),
+            metrics,
+            lanes: Arc::new(Lanes::new()),
+            cache: Arc::new(RecordCache::new(cache_bytes)),
+        }
     }
 
     /// The metrics the operations update.
@@ -148,15 +163,16 @@ impl Sessions {
         let (expires_at, left) = schedule(now, expiry::after_explicit_ttl(now, ttl, record.max_expires_at()))
             .ok_or_else(|| SessionError::Internal("a new session would expire at once".to_owned()))?;
 
-        let mut value = record.encode_to_vec();
+        let value = record.encode_to_vec();
         for _ in 0..ID_ATTEMPTS {
             let id = SessionId::generate();
-            match self.store.put(id.as_str(), std::mem::take(&mut value), Expect::Absent, Some(left)).await {
+            match self.store.put(id.as_str(), value.clone(), Expect::Absent, Some(left)).await {
                 Ok(version) => {
                     self.metrics.created.inc();
+                    self.cache.remember(&id, version, value);
                     return Ok(Session::new(id, version, record, expires_at));
                 }
-                Err(StoreError::Conflict { .. }) => value = record.encode_to_vec(),
+                Err(StoreError::Conflict { .. }) => {}
                 Err(error) => return Err(error.into()),
             }
         }
@@ -200,6 +216,10 @@ impl Sessions {
     /// Sets and removes attributes in one write, if the session is still at
     /// `expected_version` (any version when it is 0). An update is activity: it also slides
     /// the expiry, or sets it from a new TTL.
+    ///
+    /// When this replica has the record of the expected version (or, for an unconditional
+    /// update, of any version) in its cache, the update writes without reading first:
+    /// compare-and-set on that version makes the outcome the same as after a read.
     pub async fn update(&self, id: &str, changes: Changes) -> Result<Session, SessionError> {
         let id = parse_id(id)?;
         self.limits.check_writes("set", &changes.set)?;
@@ -212,6 +232,8 @@ impl Sessions {
         // raced: they queue here, and only writers on other replicas can still get in
         // between. A conditional one needs no queue; whoever loses is told so.
         let _lane = if conditional { None } else { Some(self.lanes.enter(&id).await) };
+        let mut cached =
+            self.cache.recall(&id).filter(|(version, _)| !conditional || *version == changes.expected_version);
         let mut current = None;
         for attempt in 0..UNCONDITIONAL_ATTEMPTS {
             if attempt > 0 {
@@ -219,7 +241,16 @@ impl Sessions {
                 tokio::time::sleep(window.mul_f64(rand::random::<f64>())).await;
             }
             let now = SystemTime::now();
-            let Loaded { version, mut record, expires_at } = self.load(&id, now).await?;
+            let (version, mut record) = match cached.take() {
+                Some(hit) => {
+                    self.metrics.updates_from_cache.inc();
+                    hit
+                }
+                None => {
+                    let loaded = self.load(&id, now).await?;
+                    (loaded.version, loaded.record)
+                }
+            };
             if conditional && version != changes.expected_version {
                 return Err(self.conflict(version));
             }
@@ -230,18 +261,16 @@ impl Sessions {
                 record.attributes.remove(name);
             }
             self.limits.check_session("set", &record.attributes)?;
-            let max = record.max_expires_at();
-            let moved = match changes.ttl {
-                Some(ttl) => {
-                    record.set_ttl(ttl);
-                    expiry::after_explicit_ttl(now, ttl, max)
+            if let Some(ttl) = changes.ttl {
+                record.set_ttl(ttl);
+            }
+            let value = record.encode_to_vec();
+            match self.save(&id, now, &record, value.clone(), version, changes.ttl.is_some()).await {
+                Ok(saved) => {
+                    self.cache.remember(&id, saved.version, value);
+                    return Ok(Session::new(id, saved.version, record, saved.expires_at));
                 }
-                None => expiry::after_activity(now, record.ttl(), Some(expires_at), max),
-            };
-            let (expires_at, left) = schedule(now, moved).ok_or(SessionError::NotFound)?;
-            match self.store.put(id.as_str(), record.encode_to_vec(), Expect::Version(version), Some(left)).await {
-                Ok(version) => return Ok(Session::new(id, version, record, expires_at)),
-                // Deleted or expired between the read and the write.
+                // Deleted or expired since the read (or since the cached write).
                 Err(StoreError::Conflict { current: None, .. }) => return Err(SessionError::NotFound),
                 Err(StoreError::Conflict { current: Some(now_at), .. }) if conditional => {
                     return Err(self.conflict(now_at));
@@ -255,11 +284,42 @@ impl Sessions {
         Err(self.conflict(current))
     }
 
+    /// Writes `record` (encoded as `value`) over `version` and moves the expiry: to exactly
+    /// the record's TTL from now after a new TTL, otherwise by sliding it, never earlier
+    /// than the store already has it. Either way the maximum lifetime caps it; a session
+    /// past its maximum is a conflict with nothing, as if it were gone.
+    async fn save(
+        &self,
+        id: &SessionId,
+        now: SystemTime,
+        record: &Record,
+        value: Vec<u8>,
+        version: u64,
+        new_ttl: bool,
+    ) -> Result<Saved, StoreError> {
+        let max = record.max_expires_at();
+        let gone = || StoreError::Conflict { key: id.as_str().to_owned(), current: None };
+        if new_ttl {
+            let (expires_at, left) =
+                schedule(now, expiry::after_explicit_ttl(now, record.ttl(), max)).ok_or_else(gone)?;
+            let version = self.store.put(id.as_str(), value, Expect::Version(version), Some(left)).await?;
+            return Ok(Saved { version, expires_at });
+        }
+        let (slid, left) = schedule(now, expiry::after_activity(now, record.ttl(), None, max)).ok_or_else(gone)?;
+        let Written { version, expires_at } =
+            self.store.put_extending(id.as_str(), value, Expect::Version(version), left).await?;
+        // The store says what it keeps; every session expires, but should the entry not,
+        // the slid deadline is the one this write asked for.
+        let expires_at = expires_at.map_or(slid, |kept| max.map_or(kept, |max| kept.min(max)));
+        Ok(Saved { version, expires_at })
+    }
+
     /// Deletes a session; returns whether a live one was removed. Deleting an unknown or
     /// expired session succeeds, so a retried logout is harmless.
     pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
         let id = parse_id(id)?;
         let existed = self.store.delete(id.as_str(), Expect::Any).await?;
+        self.cache.forget(&id);
         if existed {
             self.metrics.deleted.inc();
         }
@@ -274,12 +334,13 @@ impl Sessions {
         let record = Record::decode_from(&entry.value)
             .ok_or_else(|| SessionError::Internal("a stored session cannot be decoded".to_owned()))?;
         // Every session is written with a TTL; should one lack it, treat it as idle from
-        // now rather than keep it forever, and let the next touch or update repair it.
+        // now rather than keep it forever, and let the next touch repair it.
         let expires_at = entry.expires_at.or_else(|| now.checked_add(record.ttl())).unwrap_or(now);
         let expires_at = record.max_expires_at().map_or(expires_at, |max| expires_at.min(max));
         if expires_at <= now {
             return Err(SessionError::NotFound);
         }
+        self.cache.remember(id, entry.version, entry.value);
         Ok(Loaded { version: entry.version, record, expires_at })
     }
 

@@ -14,7 +14,10 @@ use tokio::sync::broadcast;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Change, Entry, Expect, Result, StoreError, WATCH_CAPACITY, check_namespace, expiry_time, ttl_millis};
+use super::{
+    Change, Entry, Expect, Lifetime, Result, StoreError, WATCH_CAPACITY, Written, check_namespace, expiry_time,
+    ttl_millis,
+};
 
 /// Key -> (version, expires_at in Unix milliseconds or 0 for never, value).
 const ENTRIES: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("entries");
@@ -109,26 +112,53 @@ impl EmbeddedStore {
     /// See [`Store::put`](super::Store::put).
     pub async fn put(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Option<Duration>) -> Result<u64> {
         let ttl = ttl.map(ttl_millis).transpose()?;
+        let (version, _) = self.write_entry(key, value, expect, ttl, Lifetime::Exact).await?;
+        Ok(version)
+    }
+
+    /// See [`Store::put_extending`](super::Store::put_extending).
+    pub async fn put_extending(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Duration) -> Result<Written> {
+        let ttl = ttl_millis(ttl)?;
+        let (version, expires_at) = self.write_entry(key, value, expect, Some(ttl), Lifetime::KeepLater).await?;
+        Ok(Written { version, expires_at: expiry_time(expires_at) })
+    }
+
+    /// Writes an entry that expires `ttl` milliseconds from now (never when `None`), or
+    /// later as `lifetime` allows; returns its version and expiry (0 for never).
+    async fn write_entry(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+        ttl: Option<u64>,
+        lifetime: Lifetime,
+    ) -> Result<(u64, u64)> {
         let key = key.to_owned();
         self.run(move |inner| {
-            let version = inner.write(|txn| {
+            let written = inner.write(|txn| {
                 let now = now_millis();
                 let mut entries = txn.open_table(ENTRIES).map_err(db_error)?;
-                let current = live_version(&entries, &key, now)?;
-                check(&key, expect, current)?;
+                let current = live_row(&entries, &key, now)?;
+                check(&key, expect, current.map(|(version, _)| version))?;
                 let mut meta = txn.open_table(META).map_err(db_error)?;
                 let last = meta.get(VERSION).map_err(db_error)?.map_or(0, |v| v.value());
                 let version = last
                     .checked_add(1)
                     .ok_or_else(|| StoreError::Invalid("the version counter is exhausted".to_owned()))?;
                 meta.insert(VERSION, version).map_err(db_error)?;
-                let expires_at = ttl.map_or(0, |ttl| now.saturating_add(ttl));
+                let mut expires_at = ttl.map_or(0, |ttl| now.saturating_add(ttl));
+                if let (Lifetime::KeepLater, Some((_, kept))) = (lifetime, current) {
+                    // 0 is never, the latest expiry of all.
+                    if kept == 0 || kept > expires_at {
+                        expires_at = kept;
+                    }
+                }
                 entries.insert(key.as_str(), (version, expires_at, value.as_slice())).map_err(db_error)?;
-                Ok(Some(version))
+                Ok(Some((version, expires_at)))
             })?;
-            let version = version.ok_or_else(|| StoreError::Invalid("a put wrote nothing".to_owned()))?;
+            let (version, expires_at) = written.ok_or_else(|| StoreError::Invalid("a put wrote nothing".to_owned()))?;
             let _ = inner.changes.send(Change::Put { key, version });
-            Ok(version)
+            Ok((version, expires_at))
         })
         .await
     }
@@ -142,7 +172,7 @@ impl EmbeddedStore {
         self.run(move |inner| {
             let removed = inner.write(|txn| {
                 let mut entries = txn.open_table(ENTRIES).map_err(db_error)?;
-                let current = live_version(&entries, &key, now_millis())?;
+                let current = live_row(&entries, &key, now_millis())?.map(|(version, _)| version);
                 check(&key, expect, current)?;
                 if current.is_none() {
                     return Ok(None);
@@ -367,14 +397,15 @@ where
 }
 
 /// The version of the live entry under `key`, if any.
-fn live_version(
+/// The version and expiry of `key`'s live entry.
+fn live_row(
     entries: &impl ReadableTable<&'static str, (u64, u64, &'static [u8])>,
     key: &str,
     now: u64,
-) -> Result<Option<u64>> {
+) -> Result<Option<(u64, u64)>> {
     Ok(entries.get(key).map_err(db_error)?.and_then(|row| {
         let (version, expires_at, _) = row.value();
-        live(expires_at, now).then_some(version)
+        live(expires_at, now).then_some((version, expires_at))
     }))
 }
 

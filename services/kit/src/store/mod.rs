@@ -35,6 +35,15 @@ pub struct Entry {
     pub expires_at: Option<SystemTime>,
 }
 
+/// What a write with [`Store::put_extending`] left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The version the write assigned.
+    pub version: u64,
+    /// When the entry now expires; `None` when it never does.
+    pub expires_at: Option<SystemTime>,
+}
+
 /// The condition a write or delete needs to go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
@@ -87,6 +96,15 @@ pub enum StoreError {
 
 /// The result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Whether a write replaces the expiry or keeps a later one the entry already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifetime {
+    /// The write's TTL decides, shorter or longer.
+    Exact,
+    /// The later of the write's TTL and the live entry's expiry.
+    KeepLater,
+}
 
 /// How many changes a watcher may fall behind before it gets
 /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) and has to rescan: enough to
@@ -160,6 +178,19 @@ impl Store {
         match self {
             Self::Embedded(store) => store.put(key, value, expect, ttl).await,
             Self::Redis(store) => store.put(key, value, expect, ttl).await,
+        }
+    }
+
+    /// Writes `value` if `expect` holds, expiring `ttl` from now unless the live entry it
+    /// replaces expires later (or never): then that expiry stays. Returns the new version
+    /// and the resulting expiry, both decided by the backend in the same atomic write.
+    ///
+    /// This is a write on behalf of activity that must not cut short an expiry someone
+    /// extended, without reading the entry first to learn that expiry.
+    pub async fn put_extending(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Duration) -> Result<Written> {
+        match self {
+            Self::Embedded(store) => store.put_extending(key, value, expect, ttl).await,
+            Self::Redis(store) => store.put_extending(key, value, expect, ttl).await,
         }
     }
 

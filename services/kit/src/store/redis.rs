@@ -28,7 +28,10 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout, timeout_at};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Change, Entry, Expect, Result, StoreError, WATCH_CAPACITY, check_namespace, expiry_time, ttl_millis};
+use super::{
+    Change, Entry, Expect, Lifetime, Result, StoreError, WATCH_CAPACITY, Written, check_namespace, expiry_time,
+    ttl_millis,
+};
 
 /// How long to wait for a TCP (and TLS) connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,17 +66,19 @@ const FEED_RETRY_MIN: Duration = Duration::from_millis(100);
 const FEED_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Writes `val` if the expectation holds, with a fresh version and the expiry, and
-/// publishes the change. Replies `{1, version}`, or `{0, current version or -1}` on a
-/// conflict. Versions are formatted with `%d` because Lua would print large numbers in
+/// publishes the change. With `keep` set, a live entry's later expiry (0 is never, the
+/// latest) stays. Replies `{1, version, expiry}`, or `{0, current version or -1, 0}` on a
+/// conflict. Numbers are formatted with `%d` because Lua would print large ones in
 /// exponent notation.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: entry, counter. ARGV: mode, expected version, value, ttl ms (0 = none), channel, key
-local current = redis.call('HGET', KEYS[1], 'ver')
+-- KEYS: entry, counter. ARGV: mode, expected version, value, ttl ms (0 = none), channel, key, keep
+local current = redis.call('HMGET', KEYS[1], 'ver', 'exp')
+local found = current[1]
 local mode = ARGV[1]
-if (mode == 'absent' and current) or (mode == 'version' and current ~= ARGV[2]) then
-  return {0, current and tonumber(current) or -1}
+if (mode == 'absent' and found) or (mode == 'version' and found ~= ARGV[2]) then
+  return {0, found and tonumber(found) or -1, 0}
 end
 local version = redis.call('INCR', KEYS[2])
 local ttl = tonumber(ARGV[4])
@@ -81,6 +86,10 @@ local expires = 0
 if ttl > 0 then
   local now = redis.call('TIME')
   expires = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
+  if ARGV[7] == '1' and found then
+    local kept = tonumber(current[2]) or 0
+    if kept == 0 or kept > expires then expires = kept end
+  end
 end
 redis.call('HSET', KEYS[1], 'val', ARGV[3], 'ver', string.format('%d', version), 'exp', string.format('%d', expires))
 if expires > 0 then
@@ -89,7 +98,7 @@ else
   redis.call('PERSIST', KEYS[1])
 end
 redis.call('PUBLISH', ARGV[5], 'p:' .. string.format('%d', version) .. ':' .. ARGV[6])
-return {1, version}
+return {1, version, expires}
 ",
     )
 });
@@ -262,6 +271,27 @@ impl RedisStore {
     /// See [`Store::put`](super::Store::put).
     pub async fn put(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Option<Duration>) -> Result<u64> {
         let ttl = ttl.map(ttl_millis).transpose()?.unwrap_or(0);
+        let (version, _) = self.write_entry(key, value, expect, ttl, Lifetime::Exact).await?;
+        Ok(version)
+    }
+
+    /// See [`Store::put_extending`](super::Store::put_extending).
+    pub async fn put_extending(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Duration) -> Result<Written> {
+        let ttl = ttl_millis(ttl)?;
+        let (version, expires_at) = self.write_entry(key, value, expect, ttl, Lifetime::KeepLater).await?;
+        Ok(Written { version, expires_at: expiry_time(expires_at) })
+    }
+
+    /// Runs [`PUT`]: `ttl` in milliseconds, 0 for never. Returns the version and the
+    /// expiry (0 for never).
+    async fn write_entry(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+        ttl: u64,
+        lifetime: Lifetime,
+    ) -> Result<(u64, u64)> {
         let (mode, expected) = expectation(expect);
         let names = &self.inner.names;
         let mut invocation = PUT.prepare_invoke();
@@ -273,17 +303,20 @@ impl RedisStore {
             .arg(value)
             .arg(ttl)
             .arg(&names.channel)
-            .arg(key);
+            .arg(key)
+            .arg(u8::from(lifetime == Lifetime::KeepLater));
         let invocation = &invocation;
-        let (applied, version): (i64, i64) =
+        let (applied, version, expires_at): (i64, i64, i64) =
             self.round_trip(Retry::IfNotSent, |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
-        match applied {
-            1 => u64::try_from(version).map_err(|_| unexpected_reply("put", version)),
-            _ => Err(conflict(key, version)),
+        if applied != 1 {
+            return Err(conflict(key, version));
         }
+        let version = u64::try_from(version).map_err(|_| unexpected_reply("put", version))?;
+        let expires_at = u64::try_from(expires_at).map_err(|_| unexpected_reply("put", expires_at))?;
+        Ok((version, expires_at))
     }
 
     /// See [`Store::delete`](super::Store::delete).

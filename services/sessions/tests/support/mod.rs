@@ -80,7 +80,7 @@ impl Harness {
             }
         };
         let server = ServerConfig { grace_period: Duration::from_secs(2), ..ServerConfig::ephemeral() };
-        let config = Config { server, store, limits };
+        let config = Config { server, store, limits, ..Config::default() };
         let (running, shutdown) = launch(&config).await;
         Self {
             backend,
