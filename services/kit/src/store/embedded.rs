@@ -111,28 +111,25 @@ impl EmbeddedStore {
 
     /// See [`Store::put`](super::Store::put).
     pub async fn put(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Option<Duration>) -> Result<u64> {
-        let ttl = ttl.map(ttl_millis).transpose()?;
-        let (version, _) = self.write_entry(key, value, expect, ttl, Lifetime::Exact).await?;
-        Ok(version)
+        Ok(self.write_entry(key, value, expect, ttl, Lifetime::Exact).await?.version)
     }
 
     /// See [`Store::put_extending`](super::Store::put_extending).
     pub async fn put_extending(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Duration) -> Result<Written> {
-        let ttl = ttl_millis(ttl)?;
-        let (version, expires_at) = self.write_entry(key, value, expect, Some(ttl), Lifetime::KeepLater).await?;
-        Ok(Written { version, expires_at: expiry_time(expires_at) })
+        self.write_entry(key, value, expect, Some(ttl), Lifetime::KeepLater).await
     }
 
-    /// Writes an entry that expires `ttl` milliseconds from now (never when `None`), or
-    /// later as `lifetime` allows; returns its version and expiry (0 for never).
+    /// Writes an entry that expires `ttl` from now (never when `None`), or later as
+    /// `lifetime` allows.
     async fn write_entry(
         &self,
         key: &str,
         value: Vec<u8>,
         expect: Expect,
-        ttl: Option<u64>,
+        ttl: Option<Duration>,
         lifetime: Lifetime,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<Written> {
+        let ttl = ttl.map(ttl_millis).transpose()?;
         let key = key.to_owned();
         self.run(move |inner| {
             let written = inner.write(|txn| {
@@ -158,7 +155,7 @@ impl EmbeddedStore {
             })?;
             let (version, expires_at) = written.ok_or_else(|| StoreError::Invalid("a put wrote nothing".to_owned()))?;
             let _ = inner.changes.send(Change::Put { key, version });
-            Ok((version, expires_at))
+            Ok(Written { version, expires_at: expiry_time(expires_at) })
         })
         .await
     }

@@ -270,28 +270,25 @@ impl RedisStore {
 
     /// See [`Store::put`](super::Store::put).
     pub async fn put(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Option<Duration>) -> Result<u64> {
-        let ttl = ttl.map(ttl_millis).transpose()?.unwrap_or(0);
-        let (version, _) = self.write_entry(key, value, expect, ttl, Lifetime::Exact).await?;
-        Ok(version)
+        Ok(self.write_entry(key, value, expect, ttl, Lifetime::Exact).await?.version)
     }
 
     /// See [`Store::put_extending`](super::Store::put_extending).
     pub async fn put_extending(&self, key: &str, value: Vec<u8>, expect: Expect, ttl: Duration) -> Result<Written> {
-        let ttl = ttl_millis(ttl)?;
-        let (version, expires_at) = self.write_entry(key, value, expect, ttl, Lifetime::KeepLater).await?;
-        Ok(Written { version, expires_at: expiry_time(expires_at) })
+        self.write_entry(key, value, expect, Some(ttl), Lifetime::KeepLater).await
     }
 
-    /// Runs [`PUT`]: `ttl` in milliseconds, 0 for never. Returns the version and the
-    /// expiry (0 for never).
+    /// Runs [`PUT`]: the entry expires `ttl` from now (never when `None`), or later as
+    /// `lifetime` allows.
     async fn write_entry(
         &self,
         key: &str,
         value: Vec<u8>,
         expect: Expect,
-        ttl: u64,
+        ttl: Option<Duration>,
         lifetime: Lifetime,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<Written> {
+        let ttl = ttl.map(ttl_millis).transpose()?.unwrap_or(0);
         let (mode, expected) = expectation(expect);
         let names = &self.inner.names;
         let mut invocation = PUT.prepare_invoke();
@@ -316,7 +313,7 @@ impl RedisStore {
         }
         let version = u64::try_from(version).map_err(|_| unexpected_reply("put", version))?;
         let expires_at = u64::try_from(expires_at).map_err(|_| unexpected_reply("put", expires_at))?;
-        Ok((version, expires_at))
+        Ok(Written { version, expires_at: expiry_time(expires_at) })
     }
 
     /// See [`Store::delete`](super::Store::delete).
