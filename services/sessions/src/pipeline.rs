@@ -1,9 +1,9 @@
 //! The Pipeline rpc: many session calls over one stream.
 //!
 //! A unary call costs an HTTP/2 stream of its own, with headers both ways; for a session
-//! lookup that is most of the work. On a pipeline, calls arrive in batches, each runs as
-//! its own task exactly as its unary rpc would, and replies leave in batches of whatever
-//! has completed.
+//! lookup that is most of the work. On a pipeline, calls arrive in batches, run
+//! concurrently exactly as their unary rpcs would, and replies leave in batches of
+//! whatever has completed.
 //!
 //! At most [`MAX_IN_FLIGHT`] calls of one stream run or wait to be sent back at a time;
 //! past that the stream is not read, so HTTP/2 flow control holds the client back. On
