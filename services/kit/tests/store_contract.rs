@@ -308,7 +308,7 @@ async fn namespaces_are_isolated(f: Fixture) {
 
 async fn watch_reports_puts_deletes_and_expiry(f: Fixture) {
     let store = &f.store;
-    let mut changes = store.watch();
+    let mut changes = store.watch().await;
 
     let v1 = store.put("w", b"1".to_vec(), Expect::Absent, None).await.unwrap();
     assert_eq!(next_change(&mut changes).await, Change::Put { key: "w".into(), version: v1 });
@@ -448,7 +448,7 @@ async fn redis_outage_fails_fast_and_recovers() {
     let mut server = RedisServer::new();
     let store = Store::open(&server.url(), NAMESPACE).await.unwrap();
     let version = store.put("k", b"v".to_vec(), Expect::Absent, None).await.unwrap();
-    let mut changes = store.watch();
+    let mut changes = store.watch().await;
 
     server.stop();
     assert_unavailable("get", store.get("k")).await;
@@ -492,7 +492,7 @@ async fn redis_replicas_share_state_and_changes() {
     let server = RedisServer::new();
     let first = Store::open(&server.url(), NAMESPACE).await.unwrap();
     let second = Store::open(&server.url(), NAMESPACE).await.unwrap();
-    let mut seen_by_first = first.watch();
+    let mut seen_by_first = first.watch().await;
 
     let version = second.put("shared", b"from second".to_vec(), Expect::Absent, None).await.unwrap();
     assert_eq!(next_change(&mut seen_by_first).await, Change::Put { key: "shared".into(), version });
@@ -503,10 +503,61 @@ async fn redis_replicas_share_state_and_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replicas_subscribe_to_changes_only_once_they_watch() {
+    let server = RedisServer::new();
+    let writer = Store::open(&server.url(), NAMESPACE).await.unwrap();
+    let watcher = Store::open(&server.url(), NAMESPACE).await.unwrap();
+    let admin = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("ficus:{NAMESPACE}:changes");
+    let subscribers = |mut admin: ::redis::aio::MultiplexedConnection| {
+        let channel = channel.clone();
+        async move {
+            let counts: Vec<(String, u64)> =
+                ::redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut admin).await.unwrap();
+            counts.first().map_or(0, |(_, count)| *count)
+        }
+    };
+
+    writer.put("before", Vec::new(), Expect::Any, None).await.unwrap();
+    assert_eq!(subscribers(admin.clone()).await, 0, "nobody watches yet, so nobody is subscribed");
+
+    let mut changes = watcher.watch().await;
+    assert_eq!(subscribers(admin.clone()).await, 1, "the first watch subscribes before it returns");
+    let _second = watcher.watch().await;
+    assert_eq!(subscribers(admin.clone()).await, 1, "watchers of one replica share its subscription");
+    let version = writer.put("after", Vec::new(), Expect::Any, None).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Put { key: "after".into(), version });
+
+    // The feed ends with the last clone of the store.
+    drop(watcher);
+    eventually(PATIENCE, || {
+        let count = subscribers(admin.clone());
+        async move { count.await == 0 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_watchers_that_start_during_an_outage_are_told_to_resync() {
+    let mut server = RedisServer::new();
+    server.stop();
+    let store = Store::open(&server.url(), NAMESPACE).await.unwrap();
+    let started = Instant::now();
+    let mut changes = store.watch().await;
+    assert!(started.elapsed() < OUTAGE_BOUND, "watch held up for {:?} while redis was down", started.elapsed());
+
+    server.start();
+    let resync = tokio::time::timeout(PATIENCE, changes.recv()).await;
+    assert!(matches!(resync, Ok(Ok(Change::Resync))), "expected a resync once the feed is there, got {resync:?}");
+    let version = store.put("k", Vec::new(), Expect::Any, None).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Put { key: "k".into(), version });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_passwords_are_used_and_checked() {
     let server = RedisServer::with_password("s3cret-pw");
     let store = Store::open(&server.url(), NAMESPACE).await.unwrap();
-    let mut changes = store.watch();
+    let mut changes = store.watch().await;
     let version = store.put("k", Vec::new(), Expect::Absent, None).await.unwrap();
     assert_eq!(next_change(&mut changes).await, Change::Put { key: "k".into(), version });
 

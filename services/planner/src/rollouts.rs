@@ -137,7 +137,7 @@ impl Rollouts {
 
     /// Publishes other replicas' writes until `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
-        let mut changes = self.store.watch();
+        let mut changes = self.store.watch().await;
         loop {
             let change = tokio::select! {
                 change = changes.recv() => change,

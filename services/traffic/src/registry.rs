@@ -101,7 +101,7 @@ impl Registry {
     /// Keeps the live table in step with writes made through other replicas until
     /// `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
-        let mut changes = self.store.watch();
+        let mut changes = self.store.watch().await;
         loop {
             let change = tokio::select! {
                 change = changes.recv() => change,

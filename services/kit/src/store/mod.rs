@@ -222,13 +222,17 @@ impl Store {
 
     /// Follows changes from now on, including other replicas' writes on Redis.
     ///
+    /// On Redis the first watcher subscribes this replica to the change feed (waiting at
+    /// most about a second for it), so a replica that never watches is not sent every
+    /// write.
+    ///
     /// A watcher that falls too far behind gets
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) from `recv`; like
     /// [`Change::Resync`], that means some changes were missed and it should rescan.
-    pub fn watch(&self) -> broadcast::Receiver<Change> {
+    pub async fn watch(&self) -> broadcast::Receiver<Change> {
         match self {
             Self::Embedded(store) => store.watch(),
-            Self::Redis(store) => store.watch(),
+            Self::Redis(store) => store.watch().await,
         }
     }
 

@@ -16,7 +16,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -24,7 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::{
     Client, ErrorKind, IntoConnectionInfo, Msg, ProtocolVersion, RedisError, RedisResult, Script, ServerErrorKind,
 };
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout, timeout_at};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -53,9 +54,10 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
 /// Keys asked for per SCAN and fetched per pipeline during [`RedisStore::scan`].
 const SCAN_BATCH: usize = 500;
 
-/// How long [`RedisStore::open`] waits for the change feed to subscribe. Redis answers
-/// within milliseconds when it is up; when it is not, open should not hold up a start.
-const OPEN_FEED_WAIT: Duration = Duration::from_secs(1);
+/// How long the first [`RedisStore::watch`] waits for the change feed to subscribe. Redis
+/// answers within milliseconds when it is up; when it is not, a watcher should not hold up
+/// a start (it gets [`Change::Resync`] once the feed is there).
+const FEED_SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
 /// How often the change feed checks that its connection still answers. A server that
 /// vanished without closing the connection would otherwise leave watchers silently deaf.
@@ -162,8 +164,15 @@ struct Inner {
     /// Where the server is, without credentials, for errors and Debug.
     address: String,
     changes: broadcast::Sender<Change>,
+    /// The change feed until the first watcher starts it: a replica that never watches
+    /// holds no subscribed connection, and Redis does not push every write to it.
+    feed: Mutex<Option<Feed>>,
+    /// Whether the feed has subscribed at least once.
+    feed_subscribed: watch::Receiver<bool>,
+    /// Set by a watcher that stopped waiting for the feed's first subscription.
+    feed_late: Arc<AtomicBool>,
     /// Stops the change feed as soon as the last clone is dropped.
-    _feed: DropGuard,
+    _feed_stop: DropGuard,
 }
 
 /// The Redis names of one namespace.
@@ -205,10 +214,8 @@ impl RedisStore {
     /// `rediss://` for TLS), keeping this store's keys under `ficus:{namespace}:`.
     ///
     /// Opening succeeds while Redis is down, so a service can start and report itself
-    /// not ready (see [`ping`](Self::ping)) until Redis is back; it waits at most about a
-    /// second for the change feed, so that [`watch`](Self::watch) misses nothing from the
-    /// start when Redis is up. It fails only with [`StoreError::Invalid`], for a bad URL or
-    /// namespace.
+    /// not ready (see [`ping`](Self::ping)) until Redis is back. It fails only with
+    /// [`StoreError::Invalid`], for a bad URL or namespace.
     ///
     /// Deleted-on-expiry notifications need the server's `notify-keyspace-events` to
     /// include `Ex`; without it, expired entries still vanish but watchers are not told.
@@ -242,19 +249,30 @@ impl RedisStore {
         let feed_client = Client::open(resp2).map_err(|error| invalid_config(&error))?;
         let (changes, _) = broadcast::channel(WATCH_CAPACITY);
         let stop = CancellationToken::new();
-        let (ready, subscribed) = oneshot::channel();
+        let (subscribed, feed_subscribed) = watch::channel(false);
+        let feed_late = Arc::new(AtomicBool::new(false));
         let feed = Feed {
             client: feed_client,
             names: names.clone(),
             expired_channel: format!("__keyevent@{db}__:expired"),
             changes: changes.clone(),
+            subscribed,
+            late: feed_late.clone(),
             stop: stop.clone(),
         };
-        tokio::spawn(feed.run(ready));
-        // Redis down or slow is not a reason to fail (see above); the feed keeps trying.
-        let _ = timeout(OPEN_FEED_WAIT, subscribed).await;
 
-        Ok(Self { inner: Arc::new(Inner { connection, names, address, changes, _feed: stop.drop_guard() }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                connection,
+                names,
+                address,
+                changes,
+                feed: Mutex::new(Some(feed)),
+                feed_subscribed,
+                feed_late,
+                _feed_stop: stop.drop_guard(),
+            }),
+        })
     }
 
     /// See [`Store::get`](super::Store::get).
@@ -402,8 +420,23 @@ impl RedisStore {
     /// since pub/sub does not replay what was published meanwhile. A watcher that falls
     /// more than a thousand changes behind gets
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged), which means the same.
-    pub fn watch(&self) -> broadcast::Receiver<Change> {
-        self.inner.changes.subscribe()
+    ///
+    /// The first call subscribes to the change feed and waits at most about a second for
+    /// it, so that a watcher misses nothing from the start when Redis is up; when Redis is
+    /// down, the feed keeps trying and the watcher gets [`Change::Resync`] once it is there.
+    pub async fn watch(&self) -> broadcast::Receiver<Change> {
+        // Subscribed before the feed starts, so the watcher sees any Resync it sends.
+        let changes = self.inner.changes.subscribe();
+        let feed = self.inner.feed.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(feed) = feed {
+            tokio::spawn(feed.run());
+        }
+        let mut subscribed = self.inner.feed_subscribed.clone();
+        if !matches!(timeout(FEED_SUBSCRIBE_WAIT, subscribed.wait_for(|subscribed| *subscribed)).await, Ok(Ok(_))) {
+            // The feed tells watchers to re-read once it is there.
+            self.inner.feed_late.store(true, Ordering::SeqCst);
+        }
+        changes
     }
 
     /// See [`Store::ping`](super::Store::ping): sends PING.
@@ -548,6 +581,11 @@ struct Feed {
     /// Keyspace event channel for expired keys in the store's database.
     expired_channel: String,
     changes: broadcast::Sender<Change>,
+    /// Told when the feed has subscribed, for watchers waiting on that.
+    subscribed: watch::Sender<bool>,
+    /// Whether a watcher stopped waiting for the first subscription (see
+    /// [`RedisStore::watch`]).
+    late: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -558,8 +596,7 @@ enum FeedEnd {
 }
 
 impl Feed {
-    async fn run(self, ready: oneshot::Sender<()>) {
-        let mut ready = Some(ready);
+    async fn run(self) {
         let mut delay = FEED_RETRY_MIN;
         loop {
             let subscribed = tokio::select! {
@@ -569,10 +606,13 @@ impl Feed {
             match subscribed {
                 Ok(Ok(pubsub)) => {
                     // Whatever was published while we were not subscribed is lost, so
-                    // watchers must re-read. At the first subscription nobody watches yet.
-                    let _ = self.changes.send(Change::Resync);
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
+                    // watchers must re-read; unless this is the first subscription and
+                    // every watcher waited for it, having missed nothing. Marked subscribed
+                    // before reading `late`: a watcher that gives up after this point
+                    // gave up after the subscription, and missed nothing either.
+                    let first = !self.subscribed.send_replace(true);
+                    if !first || self.late.load(Ordering::SeqCst) {
+                        let _ = self.changes.send(Change::Resync);
                     }
                     delay = FEED_RETRY_MIN;
                     match self.follow(pubsub).await {
@@ -585,8 +625,6 @@ impl Feed {
                 Ok(Err(error)) => tracing::debug!(%error, "cannot subscribe to the redis change feed yet"),
                 Err(_) => tracing::debug!("subscribing to the redis change feed timed out"),
             }
-            // open() waits for the first attempt only.
-            ready = None;
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 () = sleep(delay) => {}
