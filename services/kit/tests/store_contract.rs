@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ficus_kit::store::{Change, Entry, Expect, RedisStore, Store, StoreError};
+use ficus_kit::store::{Announce, Change, Entry, Expect, RedisStore, Store, StoreError};
 use ficus_testkit::{RedisServer, eventually};
 use tempfile::TempDir;
 use tokio::sync::broadcast;
@@ -89,9 +89,19 @@ contract!(
     scan_orders_by_key_and_matches_the_prefix_literally,
     namespaces_are_isolated,
     watch_reports_puts_deletes_and_expiry,
+    unannounced_writes_reach_no_watcher,
     concurrent_compare_and_set_loses_no_update,
     bad_namespaces_are_refused,
 );
+
+async fn unannounced_writes_reach_no_watcher(f: Fixture) {
+    let quiet = Store::open_announcing(&f.location, "quiet", Announce::Nothing).await.unwrap();
+    let mut changes = quiet.watch().await;
+    let version = quiet.put("k", b"v".to_vec(), Expect::Absent, None).await.unwrap();
+    assert_eq!(quiet.get("k").await.unwrap().unwrap().version, version);
+    assert!(quiet.delete("k", Expect::Version(version)).await.unwrap());
+    assert_eq!(changes.recv().await, Err(broadcast::error::RecvError::Closed), "watching a quiet store ends at once");
+}
 
 async fn writes_follow_every_expectation(f: Fixture) {
     let store = &f.store;
@@ -554,6 +564,20 @@ async fn redis_watchers_that_start_during_an_outage_are_told_to_resync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replicas_hear_nothing_of_a_quiet_replicas_writes() {
+    let server = RedisServer::new();
+    let quiet = Store::open_announcing(&server.url(), NAMESPACE, Announce::Nothing).await.unwrap();
+    let loud = Store::open(&server.url(), NAMESPACE).await.unwrap();
+    let mut changes = loud.watch().await;
+
+    let version = quiet.put("quiet", Vec::new(), Expect::Absent, None).await.unwrap();
+    assert!(quiet.delete("quiet", Expect::Version(version)).await.unwrap());
+    // Changes arrive in order, so the loud replica's own write is the first it hears of.
+    let marker = loud.put("loud", Vec::new(), Expect::Absent, None).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Put { key: "loud".into(), version: marker });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_passwords_are_used_and_checked() {
     let server = RedisServer::with_password("s3cret-pw");
     let store = Store::open(&server.url(), NAMESPACE).await.unwrap();
@@ -573,7 +597,7 @@ async fn redis_passwords_are_used_and_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_urls_are_checked() {
-    match RedisStore::open("redis://:pw@[::1", NAMESPACE).await {
+    match RedisStore::open("redis://:pw@[::1", NAMESPACE, Announce::Writes).await {
         Err(StoreError::Invalid(message)) => assert!(!message.contains("pw"), "{message}"),
         other => panic!("a malformed URL gave {other:?}"),
     }

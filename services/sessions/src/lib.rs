@@ -30,7 +30,7 @@ mod service;
 use ficus_kit::{
     config::{self, ConfigError, ServiceConfig},
     server::{Running, ServeError, Server, ServerConfig},
-    store::{Store, StoreError},
+    store::{Announce, Store, StoreError},
 };
 use ficus_proto::sessions::v1::session_store_server::SessionStoreServer;
 use serde::{Deserialize, Serialize};
@@ -101,7 +101,8 @@ pub enum Error {
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     // `kit::main` validates too; this covers services started in-process.
     config.validate()?;
-    let store = Store::open(&config.store, "sessions").await?;
+    // Every replica reads sessions from the store when it needs them; nobody follows them.
+    let store = Store::open_announcing(&config.store, "sessions", Announce::Nothing).await?;
     let metrics = metrics::Metrics::default();
     let sessions = service::Sessions::new(store.clone(), config.limits, metrics.clone(), config.cache_bytes);
     let routes = tonic::service::Routes::new(SessionStoreServer::new(grpc::SessionStoreService::new(

@@ -15,8 +15,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Change, Entry, Expect, Lifetime, Result, StoreError, WATCH_CAPACITY, Written, check_namespace, expiry_time,
-    ttl_millis,
+    Announce, Change, Entry, Expect, Lifetime, Result, StoreError, WATCH_CAPACITY, Written, check_namespace,
+    expiry_time, ttl_millis, unannounced,
 };
 
 /// Key -> (version, expires_at in Unix milliseconds or 0 for never, value).
@@ -55,6 +55,7 @@ struct Inner {
     db: Database,
     path: PathBuf,
     changes: broadcast::Sender<Change>,
+    announce: Announce,
     /// Held from the start of a write transaction until its change is broadcast, so that
     /// watchers see changes in commit order (redb would serialise the writers anyway).
     write_order: Mutex<()>,
@@ -73,7 +74,7 @@ impl EmbeddedStore {
     ///
     /// Fails with [`StoreError::Invalid`] when the namespace is not a plain name, the
     /// directory cannot be created, or another process holds the file.
-    pub async fn open(dir: &Path, namespace: &str) -> Result<Self> {
+    pub async fn open(dir: &Path, namespace: &str, announce: Announce) -> Result<Self> {
         check_namespace(namespace)?;
         let dir = dir.to_owned();
         let path = dir.join(format!("{namespace}.redb"));
@@ -83,8 +84,14 @@ impl EmbeddedStore {
         };
         let stop = CancellationToken::new();
         let (changes, _) = broadcast::channel(WATCH_CAPACITY);
-        let inner =
-            Arc::new(Inner { db, path, changes, write_order: Mutex::new(()), _sweeper: stop.clone().drop_guard() });
+        let inner = Arc::new(Inner {
+            db,
+            path,
+            changes,
+            announce,
+            write_order: Mutex::new(()),
+            _sweeper: stop.clone().drop_guard(),
+        });
         tokio::spawn(sweep_periodically(Arc::downgrade(&inner), stop));
         Ok(Self { inner })
     }
@@ -244,7 +251,10 @@ impl EmbeddedStore {
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged); like
     /// [`Change::Resync`], that means: rescan what you follow.
     pub fn watch(&self) -> broadcast::Receiver<Change> {
-        self.inner.changes.subscribe()
+        match self.inner.announce {
+            Announce::Writes => self.inner.changes.subscribe(),
+            Announce::Nothing => unannounced(),
+        }
     }
 
     /// See [`Store::ping`](super::Store::ping): checks that the file can still be read.

@@ -106,10 +106,26 @@ enum Lifetime {
     KeepLater,
 }
 
+/// Whether a store announces its writes to watchers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    /// Someone may follow the namespace with [`Store::watch`]: every write is announced.
+    Writes,
+    /// Nobody follows the namespace: writes go unannounced, which on Redis spares a
+    /// publish per write, and [`Store::watch`] ends at once. For state that each replica
+    /// reads from the store when it needs it, such as sessions.
+    Nothing,
+}
+
 /// How many changes a watcher may fall behind before it gets
 /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) and has to rescan: enough to
 /// absorb a burst of writes, small enough that a stuck watcher does not hold much memory.
 const WATCH_CAPACITY: usize = 1024;
+
+/// What watching a store that announces nothing gives: a channel that is already closed.
+fn unannounced() -> broadcast::Receiver<Change> {
+    broadcast::channel(1).1
+}
 
 /// The longest TTL accepted. Anything longer is almost certainly a unit mistake, and
 /// refusing it keeps expiry arithmetic (milliseconds since 1970) far from overflow.
@@ -156,11 +172,18 @@ pub enum Store {
 impl Store {
     /// Opens the store named by `location`: a `redis://` or `rediss://` URL, or a directory
     /// for the embedded store. `namespace` keeps one service's keys apart from another's.
+    /// Its writes are announced to watchers.
     pub async fn open(location: &str, namespace: &str) -> Result<Self> {
+        Self::open_announcing(location, namespace, Announce::Writes).await
+    }
+
+    /// Opens the store as [`open`](Self::open) does, announcing writes as `announce` says.
+    /// Every replica of a service must open its namespace the same way.
+    pub async fn open_announcing(location: &str, namespace: &str, announce: Announce) -> Result<Self> {
         if location.starts_with("redis://") || location.starts_with("rediss://") {
-            Ok(Self::Redis(RedisStore::open(location, namespace).await?))
+            Ok(Self::Redis(RedisStore::open(location, namespace, announce).await?))
         } else {
-            Ok(Self::Embedded(EmbeddedStore::open(location.as_ref(), namespace).await?))
+            Ok(Self::Embedded(EmbeddedStore::open(location.as_ref(), namespace, announce).await?))
         }
     }
 
@@ -224,7 +247,8 @@ impl Store {
     ///
     /// On Redis the first watcher subscribes this replica to the change feed (waiting at
     /// most about a second for it), so a replica that never watches is not sent every
-    /// write.
+    /// write. On a store opened with [`Announce::Nothing`], watching ends at once:
+    /// `recv` reports the channel closed.
     ///
     /// A watcher that falls too far behind gets
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) from `recv`; like

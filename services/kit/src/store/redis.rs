@@ -30,8 +30,8 @@ use tokio::time::{Instant, MissedTickBehavior, sleep, timeout, timeout_at};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Change, Entry, Expect, Lifetime, Result, StoreError, WATCH_CAPACITY, Written, check_namespace, expiry_time,
-    ttl_millis,
+    Announce, Change, Entry, Expect, Lifetime, Result, StoreError, WATCH_CAPACITY, Written, check_namespace,
+    expiry_time, ttl_millis, unannounced,
 };
 
 /// How long to wait for a TCP (and TLS) connection to Redis.
@@ -68,14 +68,14 @@ const FEED_RETRY_MIN: Duration = Duration::from_millis(100);
 const FEED_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Writes `val` if the expectation holds, with a fresh version and the expiry, and
-/// publishes the change. With `keep` set, a live entry's later expiry (0 is never, the
+/// publishes the change when the store announces writes. With `keep` set, a live entry's later expiry (0 is never, the
 /// latest) stays. Replies `{1, version, expiry}`, or `{0, current version or -1, 0}` on a
 /// conflict. Numbers are formatted with `%d` because Lua would print large ones in
 /// exponent notation.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: entry, counter. ARGV: mode, expected version, value, ttl ms (0 = none), channel, key, keep
+-- KEYS: entry, counter. ARGV: mode, expected version, value, ttl ms (0 = none), channel, key, keep, announce
 local current = redis.call('HMGET', KEYS[1], 'ver', 'exp')
 local found = current[1]
 local mode = ARGV[1]
@@ -99,19 +99,22 @@ if expires > 0 then
 else
   redis.call('PERSIST', KEYS[1])
 end
-redis.call('PUBLISH', ARGV[5], 'p:' .. string.format('%d', version) .. ':' .. ARGV[6])
+if ARGV[8] == '1' then
+  redis.call('PUBLISH', ARGV[5], 'p:' .. string.format('%d', version) .. ':' .. ARGV[6])
+end
 return {1, version, expires}
 ",
     )
 });
 
-/// Deletes the entry if the expectation holds and publishes the change. Replies `{1, 1}`
+/// Deletes the entry if the expectation holds and publishes the change when the store
+/// announces writes. Replies `{1, 1}`
 /// when it deleted, `{1, 0}` when there was nothing to delete, and `{0, current version or
 /// -1}` on a conflict.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: entry. ARGV: mode, expected version, channel, key
+-- KEYS: entry. ARGV: mode, expected version, channel, key, announce
 local current = redis.call('HGET', KEYS[1], 'ver')
 local mode = ARGV[1]
 if (mode == 'absent' and current) or (mode == 'version' and current ~= ARGV[2]) then
@@ -121,7 +124,9 @@ if not current then
   return {1, 0}
 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], 'd:' .. ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('PUBLISH', ARGV[3], 'd:' .. ARGV[4])
+end
 return {1, 1}
 ",
     )
@@ -164,6 +169,7 @@ struct Inner {
     /// Where the server is, without credentials, for errors and Debug.
     address: String,
     changes: broadcast::Sender<Change>,
+    announce: Announce,
     /// The change feed until the first watcher starts it: a replica that never watches
     /// holds no subscribed connection, and Redis does not push every write to it.
     feed: Mutex<Option<Feed>>,
@@ -217,9 +223,12 @@ impl RedisStore {
     /// not ready (see [`ping`](Self::ping)) until Redis is back. It fails only with
     /// [`StoreError::Invalid`], for a bad URL or namespace.
     ///
+    /// With [`Announce::Nothing`], writes are not published on the namespace's change
+    /// channel: replicas that open it announcing hear only of expiries.
+    ///
     /// Deleted-on-expiry notifications need the server's `notify-keyspace-events` to
     /// include `Ex`; without it, expired entries still vanish but watchers are not told.
-    pub async fn open(url: &str, namespace: &str) -> Result<Self> {
+    pub async fn open(url: &str, namespace: &str, announce: Announce) -> Result<Self> {
         check_namespace(namespace)?;
         crate::tls::install_crypto_provider();
         let info = url.into_connection_info().map_err(|error| {
@@ -267,6 +276,7 @@ impl RedisStore {
                 names,
                 address,
                 changes,
+                announce,
                 feed: Mutex::new(Some(feed)),
                 feed_subscribed,
                 feed_late,
@@ -319,7 +329,8 @@ impl RedisStore {
             .arg(ttl)
             .arg(&names.channel)
             .arg(key)
-            .arg(u8::from(lifetime == Lifetime::KeepLater));
+            .arg(u8::from(lifetime == Lifetime::KeepLater))
+            .arg(self.announces());
         let invocation = &invocation;
         let (applied, version, expires_at): (i64, i64, i64) =
             self.round_trip(Retry::IfNotSent, |mut connection| async move {
@@ -339,7 +350,7 @@ impl RedisStore {
         let (mode, expected) = expectation(expect);
         let names = &self.inner.names;
         let mut invocation = DELETE.prepare_invoke();
-        invocation.key(names.entry(key)).arg(mode).arg(expected).arg(&names.channel).arg(key);
+        invocation.key(names.entry(key)).arg(mode).arg(expected).arg(&names.channel).arg(key).arg(self.announces());
         let invocation = &invocation;
         let (applied, outcome): (i64, i64) =
             self.round_trip(Retry::IfNotSent, |mut connection| async move {
@@ -425,6 +436,9 @@ impl RedisStore {
     /// it, so that a watcher misses nothing from the start when Redis is up; when Redis is
     /// down, the feed keeps trying and the watcher gets [`Change::Resync`] once it is there.
     pub async fn watch(&self) -> broadcast::Receiver<Change> {
+        if self.inner.announce == Announce::Nothing {
+            return unannounced();
+        }
         // Subscribed before the feed starts, so the watcher sees any Resync it sends.
         let changes = self.inner.changes.subscribe();
         let feed = self.inner.feed.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -437,6 +451,11 @@ impl RedisStore {
             self.inner.feed_late.store(true, Ordering::SeqCst);
         }
         changes
+    }
+
+    /// The scripts' announce argument.
+    fn announces(&self) -> u8 {
+        u8::from(self.inner.announce == Announce::Writes)
     }
 
     /// See [`Store::ping`](super::Store::ping): sends PING.
