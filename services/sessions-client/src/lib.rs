@@ -36,7 +36,7 @@ mod pipeline;
 mod retry;
 mod session;
 
-pub use self::client::{Loaded, SessionClient};
+pub use self::client::{CONNECTIONS, Loaded, SessionClient};
 pub use self::retry::RetryPolicy;
 pub use self::session::Session;
 

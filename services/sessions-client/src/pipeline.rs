@@ -1,18 +1,26 @@
-//! Session calls multiplexed over one Pipeline stream.
+//! Session calls multiplexed over long-lived Pipeline streams.
 //!
 //! A unary gRPC call costs an HTTP/2 stream and headers both ways, which is most of the
-//! work of a session lookup. A client sends its calls on one long-lived Pipeline stream
-//! instead: a driver task tags each call with an id, sends whatever calls are waiting as
-//! one message, and hands each reply to its caller as it arrives.
+//! work of a session lookup. A client sends its calls on a Pipeline stream instead: a
+//! driver task tags each call with an id, sends whatever calls are waiting as one message,
+//! and hands each reply to its caller as it arrives.
 //!
-//! The stream opens on the first call and again on the next call after it ends. When the
+//! A client may have several lanes, each a stream on a connection of its own, and deals
+//! its calls out over them in turn. On one stream, calls move in lockstep batches: while
+//! the store works on one batch, the client and the server's stream have nothing to do.
+//! With two, one lane's batch is sent and answered while the other's is in the store.
+//!
+//! A lane's stream opens on its first call and again on the next call after it ends. When the
 //! server ends it cleanly (on shutdown), calls it left unanswered never ran and go out
 //! again on the next stream; when it fails, they fail with UNAVAILABLE, as a unary call
 //! cut off by a broken connection does.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use ficus_proto::sessions::v1::{
@@ -42,13 +50,21 @@ const MAX_STREAMS_PER_CALL: u8 = 3;
 /// What a caller is told.
 type Outcome = Result<Reply, Status>;
 
-/// The calls of a client and its clones, over one stream.
+/// The calls of a client and its clones, over its lanes.
 #[derive(Clone, Debug)]
 pub(crate) struct Pipeline<T> {
+    lanes: Arc<[Lane<T>]>,
+    /// The lane of the next call.
+    next: Arc<AtomicUsize>,
+    slots: Arc<Semaphore>,
+}
+
+/// One stream's driver, for the channel it runs on.
+#[derive(Debug)]
+struct Lane<T> {
     grpc: SessionStoreClient<T>,
     /// Started on first use: creating a client needs no async runtime, running one does.
-    calls: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
-    slots: Arc<Semaphore>,
+    calls: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
 
 /// A call waiting for its reply.
@@ -68,23 +84,37 @@ where
     T::ResponseBody: Body<Data = Bytes> + Send + 'static,
     <T::ResponseBody as Body>::Error: Into<StdError> + Send,
 {
-    /// Calls over `grpc`'s channel.
-    pub(crate) fn new(grpc: SessionStoreClient<T>) -> Self {
-        Self { grpc, calls: Arc::default(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
+    /// Calls over a lane per channel; at least one channel.
+    pub(crate) fn new(channels: impl IntoIterator<Item = T>) -> Self {
+        let lanes = channels
+            .into_iter()
+            .map(|channel| Lane { grpc: SessionStoreClient::new(channel), calls: OnceLock::new() })
+            .collect();
+        Self { lanes, next: Arc::default(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
     }
 
     /// Makes `request` and waits for its reply.
     pub(crate) async fn call(&self, request: Call) -> Outcome {
         let slot = self.slots.clone().acquire_owned().await.map_err(|_| stopped())?;
         let (reply, answer) = oneshot::channel();
-        let calls = self.calls.get_or_init(|| {
+        let lane = self.lane().ok_or_else(|| Status::unavailable("the session client has no channel"))?;
+        let calls = lane.calls.get_or_init(|| {
             let (calls, incoming) = mpsc::unbounded_channel();
-            let driver = Driver { grpc: self.grpc.clone(), incoming, unsent: VecDeque::new(), next_id: 0 };
+            let driver = Driver { grpc: lane.grpc.clone(), incoming, unsent: VecDeque::new(), next_id: 0 };
             tokio::spawn(driver.run());
             calls
         });
         calls.send(Pending { request, reply, streams: 0, _slot: slot }).map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+impl<T> Pipeline<T> {
+    /// The lane of the next call: lanes take turns, so they carry equal shares whatever
+    /// the mix of sessions.
+    fn lane(&self) -> Option<&Lane<T>> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len().max(1);
+        self.lanes.get(turn)
     }
 }
 

@@ -13,6 +13,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -51,6 +52,17 @@ pub struct Metrics {
     pub updates_from_cache: Counter,
     pipelined_calls: Family<CallLabels, Counter>,
     pipelined_latency: LatencyFamily,
+    pipeline_streams: Gauge,
+}
+
+/// Counts a Pipeline stream as open until dropped.
+#[derive(Debug)]
+pub struct OpenStream(Gauge);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -62,6 +74,7 @@ impl Default for Metrics {
             updates_from_cache: Counter::default(),
             pipelined_calls: Family::default(),
             pipelined_latency: LatencyFamily::new_with_constructor(latency_histogram),
+            pipeline_streams: Gauge::default(),
         }
     }
 }
@@ -91,6 +104,17 @@ impl Metrics {
             "Time to answer session calls made over Pipeline streams, by operation",
             self.pipelined_latency.clone(),
         );
+        registry.register(
+            "session_pipeline_streams",
+            "Pipeline streams open now; a client keeps one per connection",
+            self.pipeline_streams.clone(),
+        );
+    }
+
+    /// Counts a Pipeline stream as open for as long as the returned guard lives.
+    pub fn stream_opened(&self) -> OpenStream {
+        self.pipeline_streams.inc();
+        OpenStream(self.pipeline_streams.clone())
     }
 
     /// Counts a pipelined `operation` that ended with `code` after `elapsed`.

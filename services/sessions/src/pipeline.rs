@@ -59,6 +59,7 @@ async fn read(
     answered: mpsc::UnboundedSender<Answered>,
     shutdown: CancellationToken,
 ) {
+    let _open = sessions.metrics().stream_opened();
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut running = FuturesUnordered::new();
     // Calls read but not started for want of a slot; every call read is run, even during

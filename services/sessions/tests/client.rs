@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use ficus_sessions_client::{Error, RetryPolicy};
+use ficus_sessions_client::{CONNECTIONS, Error, RetryPolicy};
 use support::{Backend, Harness};
 
 on_both_backends!(
@@ -14,7 +14,27 @@ on_both_backends!(
     a_save_over_a_newer_version_is_refused_and_keeps_the_changes,
     update_returns_what_the_change_returned_and_gives_up_when_the_session_is_gone,
     the_client_carries_on_over_a_service_restart,
+    a_client_spreads_its_calls_over_a_stream_per_connection,
 );
+
+async fn a_client_spreads_its_calls_over_a_stream_per_connection(backend: Backend) {
+    const STREAMS: &str = "ficus_session_pipeline_streams";
+    let harness = Harness::start(backend).await;
+    assert_eq!(harness.counter(STREAMS).await, 0);
+
+    let client = harness.client();
+    let created = futures::future::join_all((0..4 * CONNECTIONS).map(|_| client.create())).await;
+    let ids: Vec<String> = created.into_iter().map(|session| session.expect("created").id().to_owned()).collect();
+    assert_eq!(harness.counter(STREAMS).await, CONNECTIONS as u64, "one stream per connection, each used");
+    // Whichever lane carried a call, its caller got its own answer.
+    for id in &ids {
+        assert_eq!(client.peek(id).await.expect("GetSession").expect("live").id(), id);
+    }
+
+    // A dropped client ends its streams.
+    drop(client);
+    ficus_testkit::eventually(Duration::from_secs(10), || async { harness.counter(STREAMS).await == 0 }).await;
+}
 
 async fn a_request_gets_the_cookies_session_or_a_new_one(backend: Backend) {
     let harness = Harness::start(backend).await;
