@@ -10,7 +10,8 @@
 //!   version doubles as a fencing token;
 //! - writes are compare-and-set through [`Expect`];
 //! - an entry may expire; an expired entry is never returned;
-//! - [`Store::watch`] notifies of changes, so a replica can follow another's writes.
+//! - [`Store::watch`] notifies of changes, so a replica can follow another's writes; a
+//!   namespace nobody follows is opened with [`Announce::Nothing`] and costs nothing for it.
 
 mod embedded;
 mod redis;

@@ -7,7 +7,8 @@
 //!   itself removes expired entries;
 //! - `ficus:ns:version`: the store-wide version counter (`INCR`), never deleted, so a
 //!   version is never reused;
-//! - channel `ficus:ns:changes`: `p:{version}:{key}` after a put, `d:{key}` after a delete.
+//! - channel `ficus:ns:changes`: `p:{version}:{key}` after a put, `d:{key}` after a delete,
+//!   unless the store was opened with [`Announce::Nothing`].
 //!
 //! Every write is one Lua script, so the compare-and-set, the version, the expiry and the
 //! notification happen atomically. Expiry times come from the server's clock (`TIME`), so
@@ -68,10 +69,10 @@ const FEED_RETRY_MIN: Duration = Duration::from_millis(100);
 const FEED_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Writes `val` if the expectation holds, with a fresh version and the expiry, and
-/// publishes the change when the store announces writes. With `keep` set, a live entry's later expiry (0 is never, the
-/// latest) stays. Replies `{1, version, expiry}`, or `{0, current version or -1, 0}` on a
-/// conflict. Numbers are formatted with `%d` because Lua would print large ones in
-/// exponent notation.
+/// publishes the change when the store announces writes. With `keep` set, a live entry's
+/// later expiry (0 is never, the latest) stays. Replies `{1, version, expiry}`, or
+/// `{0, current version or -1, 0}` on a conflict. Numbers are formatted with `%d` because
+/// Lua would print large ones in exponent notation.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -108,9 +109,8 @@ return {1, version, expires}
 });
 
 /// Deletes the entry if the expectation holds and publishes the change when the store
-/// announces writes. Replies `{1, 1}`
-/// when it deleted, `{1, 0}` when there was nothing to delete, and `{0, current version or
-/// -1}` on a conflict.
+/// announces writes. Replies `{1, 1}` when it deleted, `{1, 0}` when there was nothing to
+/// delete, and `{0, current version or -1}` on a conflict.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
