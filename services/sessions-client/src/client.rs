@@ -56,9 +56,10 @@ impl SessionClient<Channel> {
     /// A client of the store at `address` (`http://host:port`, or `host:port`) that
     /// connects on first use and reconnects by itself.
     ///
-    /// It spreads its calls over [`CONNECTIONS`] connections, a Pipeline stream on each,
-    /// so that one stream's calls travel while another's are in the store; under load
-    /// that answers about a third more calls per second than one connection.
+    /// It spreads its calls over [`CONNECTIONS`] connections, a Pipeline stream on each:
+    /// an HTTP/2 connection is framed by one task at each end, so one connection would
+    /// cap a busy client at what those tasks manage, and its calls would move in lockstep
+    /// batches, waiting while the store answers the previous one.
     pub fn connect_lazy(address: &str) -> Result<Self, Error> {
         let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
         let endpoint = Endpoint::from_shared(uri)
