@@ -138,11 +138,9 @@ impl Rollouts {
     /// Publishes other replicas' writes until `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
         let mut changes = self.store.watch().await;
+        // Writes made before this subscription went unseen: start as after a resync.
+        let mut change = Ok(Change::Resync);
         loop {
-            let change = tokio::select! {
-                change = changes.recv() => change,
-                () = shutdown.cancelled() => return,
-            };
             let ids: Vec<String> = match change {
                 Ok(Change::Put { key, .. }) => key.strip_prefix(ROLLOUTS).map(str::to_owned).into_iter().collect(),
                 Ok(Change::Deleted { .. }) => Vec::new(),
@@ -159,6 +157,10 @@ impl Rollouts {
                     self.publish(&rollout, reason, from);
                 }
             }
+            change = tokio::select! {
+                change = changes.recv() => change,
+                () = shutdown.cancelled() => return,
+            };
         }
     }
 

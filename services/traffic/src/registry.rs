@@ -102,11 +102,10 @@ impl Registry {
     /// `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
         let mut changes = self.store.watch().await;
+        // Writes made between the load at open and this subscription went unseen: start
+        // as after a resync.
+        let mut change = Ok(Change::Resync);
         loop {
-            let change = tokio::select! {
-                change = changes.recv() => change,
-                () = shutdown.cancelled() => return,
-            };
             let result = match change {
                 Ok(Change::Put { key, .. }) => match key.strip_prefix(PREFIX) {
                     Some(name) => self.refresh(name).await,
@@ -124,6 +123,10 @@ impl Registry {
             if let Err(error) = result {
                 tracing::warn!(%error, "cannot follow a route change; the table stays as it was until the next one");
             }
+            change = tokio::select! {
+                change = changes.recv() => change,
+                () = shutdown.cancelled() => return,
+            };
         }
     }
 
