@@ -137,7 +137,10 @@ impl Rollouts {
 
     /// Publishes other replicas' writes until `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
-        let mut changes = self.store.watch().await;
+        let mut changes = tokio::select! {
+            changes = self.store.watch() => changes,
+            () = shutdown.cancelled() => return,
+        };
         // Writes made before this subscription went unseen: start as after a resync.
         let mut change = Ok(Change::Resync);
         loop {

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use crate::{error::SessionError, grpc, service::Sessions};
+use crate::{error::SessionError, grpc, metrics::OpenStream, service::Sessions};
 
 /// Most calls of one stream running or answered but not yet sent.
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
@@ -45,8 +45,9 @@ struct Answered {
 /// returns the stream of their replies.
 pub(crate) fn serve(sessions: Sessions, calls: Streaming<SessionCalls>, shutdown: CancellationToken) -> ReplyStream {
     let (answered, replies) = mpsc::unbounded_channel();
+    let open = sessions.metrics().stream_opened();
     tokio::spawn(read(sessions, calls, answered, shutdown));
-    Box::pin(futures::stream::unfold(Batcher { replies, carry: None }, Batcher::next).map(Ok))
+    Box::pin(futures::stream::unfold(Batcher { replies, carry: None, _open: open }, Batcher::next).map(Ok))
 }
 
 /// Reads batches of calls and runs them concurrently in this task, until the client has
@@ -59,7 +60,6 @@ async fn read(
     answered: mpsc::UnboundedSender<Answered>,
     shutdown: CancellationToken,
 ) {
-    let _open = sessions.metrics().stream_opened();
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut running = FuturesUnordered::new();
     // Calls read but not started for want of a slot; every call read is run, even during
@@ -131,6 +131,8 @@ struct Batcher {
     replies: mpsc::UnboundedReceiver<Answered>,
     /// A reply that did not fit the previous batch.
     carry: Option<Answered>,
+    /// Counts the stream as open until its last reply is sent or it is dropped.
+    _open: OpenStream,
 }
 
 impl Batcher {

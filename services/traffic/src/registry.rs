@@ -101,7 +101,10 @@ impl Registry {
     /// Keeps the live table in step with writes made through other replicas until
     /// `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
-        let mut changes = self.store.watch().await;
+        let mut changes = tokio::select! {
+            changes = self.store.watch() => changes,
+            () = shutdown.cancelled() => return,
+        };
         // Writes made between the load at open and this subscription went unseen: start
         // as after a resync.
         let mut change = Ok(Change::Resync);

@@ -246,9 +246,9 @@ impl Store {
 
     /// Follows changes from now on, including other replicas' writes on Redis.
     ///
-    /// On Redis the first watcher subscribes this replica to the change feed (waiting at
-    /// most about a second for it), so a replica that never watches is not sent every
-    /// write. On a store opened with [`Announce::Nothing`], watching ends at once:
+    /// On Redis the first watcher subscribes this replica to the change feed, and watchers
+    /// wait at most about a second for that subscription, so a replica that never watches
+    /// is not sent every write. On a store opened with [`Announce::Nothing`], watching ends at once:
     /// `recv` reports the channel closed.
     ///
     /// A watcher that falls too far behind gets

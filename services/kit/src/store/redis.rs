@@ -17,8 +17,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -173,10 +172,10 @@ struct Inner {
     /// The change feed until the first watcher starts it: a replica that never watches
     /// holds no subscribed connection, and Redis does not push every write to it.
     feed: Mutex<Option<Feed>>,
-    /// Whether the feed has subscribed at least once.
+    /// Whether the feed has subscribed at least once, for watchers to wait on.
     feed_subscribed: watch::Receiver<bool>,
-    /// Set by a watcher that stopped waiting for the feed's first subscription.
-    feed_late: Arc<AtomicBool>,
+    /// Whether watchers missed anything before the first subscription.
+    feed_start: Arc<Mutex<FeedStart>>,
     /// Stops the change feed as soon as the last clone is dropped.
     _feed_stop: DropGuard,
 }
@@ -259,14 +258,14 @@ impl RedisStore {
         let (changes, _) = broadcast::channel(WATCH_CAPACITY);
         let stop = CancellationToken::new();
         let (subscribed, feed_subscribed) = watch::channel(false);
-        let feed_late = Arc::new(AtomicBool::new(false));
+        let feed_start = Arc::new(Mutex::new(FeedStart::Pending));
         let feed = Feed {
             client: feed_client,
             names: names.clone(),
             expired_channel: format!("__keyevent@{db}__:expired"),
             changes: changes.clone(),
             subscribed,
-            late: feed_late.clone(),
+            start: feed_start.clone(),
             stop: stop.clone(),
         };
 
@@ -279,7 +278,7 @@ impl RedisStore {
                 announce,
                 feed: Mutex::new(Some(feed)),
                 feed_subscribed,
-                feed_late,
+                feed_start,
                 _feed_stop: stop.drop_guard(),
             }),
         })
@@ -432,23 +431,29 @@ impl RedisStore {
     /// more than a thousand changes behind gets
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged), which means the same.
     ///
-    /// The first call subscribes to the change feed and waits at most about a second for
-    /// it, so that a watcher misses nothing from the start when Redis is up; when Redis is
-    /// down, the feed keeps trying and the watcher gets [`Change::Resync`] once it is there.
+    /// The first call starts the change feed. Until the feed has subscribed once, each call
+    /// waits for it, at most about a second, so that a watcher misses nothing from the
+    /// start when Redis is up; when Redis is down, the feed keeps trying and a watcher that
+    /// stopped waiting gets [`Change::Resync`] once it is there.
     pub async fn watch(&self) -> broadcast::Receiver<Change> {
         if self.inner.announce == Announce::Nothing {
             return unannounced();
         }
         // Subscribed before the feed starts, so the watcher sees any Resync it sends.
         let changes = self.inner.changes.subscribe();
-        let feed = self.inner.feed.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let feed = lock(&self.inner.feed).take();
         if let Some(feed) = feed {
             tokio::spawn(feed.run());
         }
         let mut subscribed = self.inner.feed_subscribed.clone();
         if !matches!(timeout(FEED_SUBSCRIBE_WAIT, subscribed.wait_for(|subscribed| *subscribed)).await, Ok(Ok(_))) {
-            // The feed tells watchers to re-read once it is there.
-            self.inner.feed_late.store(true, Ordering::SeqCst);
+            // Decided under the lock the feed takes when it subscribes: either it has
+            // subscribed by now, and this watcher missed nothing, or it will see that a
+            // watcher gave up and tell watchers to re-read.
+            let mut start = lock(&self.inner.feed_start);
+            if *start == FeedStart::Pending {
+                *start = FeedStart::Late;
+            }
         }
         changes
     }
@@ -544,6 +549,12 @@ fn is_unavailable(error: &RedisError) -> bool {
         )
 }
 
+/// Locks a mutex that is only ever held for a moment and never across a panic that
+/// matters: a poisoned one is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn invalid_config(error: &RedisError) -> StoreError {
     StoreError::Invalid(format!("redis client: {error}"))
 }
@@ -602,10 +613,20 @@ struct Feed {
     changes: broadcast::Sender<Change>,
     /// Told when the feed has subscribed, for watchers waiting on that.
     subscribed: watch::Sender<bool>,
-    /// Whether a watcher stopped waiting for the first subscription (see
-    /// [`RedisStore::watch`]).
-    late: Arc<AtomicBool>,
+    /// Shared with the watchers (see [`RedisStore::watch`]).
+    start: Arc<Mutex<FeedStart>>,
     stop: CancellationToken,
+}
+
+/// Where the feed's first subscription stands for watchers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FeedStart {
+    /// Not subscribed yet; every watcher so far is still waiting.
+    Pending,
+    /// Not subscribed yet, and a watcher stopped waiting: it may miss changes.
+    Late,
+    /// Subscribed at least once.
+    Subscribed,
 }
 
 /// Why following the feed ended.
@@ -626,11 +647,10 @@ impl Feed {
                 Ok(Ok(pubsub)) => {
                     // Whatever was published while we were not subscribed is lost, so
                     // watchers must re-read; unless this is the first subscription and
-                    // every watcher waited for it, having missed nothing. Marked subscribed
-                    // before reading `late`: a watcher that gives up after this point
-                    // gave up after the subscription, and missed nothing either.
-                    let first = !self.subscribed.send_replace(true);
-                    if !first || self.late.load(Ordering::SeqCst) {
+                    // every watcher waited for it, having missed nothing.
+                    let before = std::mem::replace(&mut *lock(&self.start), FeedStart::Subscribed);
+                    self.subscribed.send_replace(true);
+                    if before != FeedStart::Pending {
                         let _ = self.changes.send(Change::Resync);
                     }
                     delay = FEED_RETRY_MIN;
