@@ -10,10 +10,10 @@
 //! the store works on one batch, the client and the server's stream have nothing to do.
 //! With two, one lane's batch is sent and answered while the other's is in the store.
 //!
-//! A lane's stream opens on its first call and again on the next call after it ends. When the
-//! server ends it cleanly (on shutdown), calls it left unanswered never ran and go out
-//! again on the next stream; when it fails, they fail with UNAVAILABLE, as a unary call
-//! cut off by a broken connection does.
+//! A lane's stream opens on its first call and again on the next call after it ends.
+//! When the server ends it cleanly (on shutdown), calls it left unanswered never ran and
+//! go out again on the next stream; when it fails, they fail with UNAVAILABLE, as a unary
+//! call cut off by a broken connection does.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -248,8 +248,8 @@ impl Store {
     ///
     /// On Redis the first watcher subscribes this replica to the change feed, and watchers
     /// wait at most about a second for that subscription, so a replica that never watches
-    /// is not sent every write. On a store opened with [`Announce::Nothing`], watching ends at once:
-    /// `recv` reports the channel closed.
+    /// is not sent every write. On a store opened with [`Announce::Nothing`], watching
+    /// ends at once: `recv` reports the channel closed.
     ///
     /// A watcher that falls too far behind gets
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) from `recv`; like

@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -54,7 +54,7 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
 /// Keys asked for per SCAN and fetched per pipeline during [`RedisStore::scan`].
 const SCAN_BATCH: usize = 500;
 
-/// How long the first [`RedisStore::watch`] waits for the change feed to subscribe. Redis
+/// How long [`RedisStore::watch`] waits for the change feed's first subscription. Redis
 /// answers within milliseconds when it is up; when it is not, a watcher should not hold up
 /// a start (it gets [`Change::Resync`] once the feed is there).
 const FEED_SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
@@ -172,10 +172,8 @@ struct Inner {
     /// The change feed until the first watcher starts it: a replica that never watches
     /// holds no subscribed connection, and Redis does not push every write to it.
     feed: Mutex<Option<Feed>>,
-    /// Whether the feed has subscribed at least once, for watchers to wait on.
-    feed_subscribed: watch::Receiver<bool>,
-    /// Whether watchers missed anything before the first subscription.
-    feed_start: Arc<Mutex<FeedStart>>,
+    /// Where the feed's first subscription stands, shared with the feed.
+    feed_start: Arc<watch::Sender<FeedStart>>,
     /// Stops the change feed as soon as the last clone is dropped.
     _feed_stop: DropGuard,
 }
@@ -257,14 +255,12 @@ impl RedisStore {
         let feed_client = Client::open(resp2).map_err(|error| invalid_config(&error))?;
         let (changes, _) = broadcast::channel(WATCH_CAPACITY);
         let stop = CancellationToken::new();
-        let (subscribed, feed_subscribed) = watch::channel(false);
-        let feed_start = Arc::new(Mutex::new(FeedStart::Pending));
+        let feed_start = Arc::new(watch::Sender::new(FeedStart::Pending));
         let feed = Feed {
             client: feed_client,
             names: names.clone(),
             expired_channel: format!("__keyevent@{db}__:expired"),
             changes: changes.clone(),
-            subscribed,
             start: feed_start.clone(),
             stop: stop.clone(),
         };
@@ -277,7 +273,6 @@ impl RedisStore {
                 changes,
                 announce,
                 feed: Mutex::new(Some(feed)),
-                feed_subscribed,
                 feed_start,
                 _feed_stop: stop.drop_guard(),
             }),
@@ -441,19 +436,23 @@ impl RedisStore {
         }
         // Subscribed before the feed starts, so the watcher sees any Resync it sends.
         let changes = self.inner.changes.subscribe();
-        let feed = lock(&self.inner.feed).take();
+        let feed = self.inner.feed.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(feed) = feed {
             tokio::spawn(feed.run());
         }
-        let mut subscribed = self.inner.feed_subscribed.clone();
-        if !matches!(timeout(FEED_SUBSCRIBE_WAIT, subscribed.wait_for(|subscribed| *subscribed)).await, Ok(Ok(_))) {
-            // Decided under the lock the feed takes when it subscribes: either it has
-            // subscribed by now, and this watcher missed nothing, or it will see that a
-            // watcher gave up and tell watchers to re-read.
-            let mut start = lock(&self.inner.feed_start);
-            if *start == FeedStart::Pending {
-                *start = FeedStart::Late;
-            }
+        let mut start = self.inner.feed_start.subscribe();
+        let subscribed = timeout(FEED_SUBSCRIBE_WAIT, start.wait_for(|start| *start == FeedStart::Subscribed)).await;
+        if !matches!(subscribed, Ok(Ok(_))) {
+            // Decided under the channel's lock, which the feed takes when it subscribes:
+            // either it has subscribed by now, and this watcher missed nothing, or it will
+            // see that a watcher gave up and tell watchers to re-read. Nobody waits for
+            // `Late`, so nobody is woken for it.
+            self.inner.feed_start.send_if_modified(|start| {
+                if *start == FeedStart::Pending {
+                    *start = FeedStart::Late;
+                }
+                false
+            });
         }
         changes
     }
@@ -549,12 +548,6 @@ fn is_unavailable(error: &RedisError) -> bool {
         )
 }
 
-/// Locks a mutex that is only ever held for a moment and never across a panic that
-/// matters: a poisoned one is used as it is.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn invalid_config(error: &RedisError) -> StoreError {
     StoreError::Invalid(format!("redis client: {error}"))
 }
@@ -611,10 +604,8 @@ struct Feed {
     /// Keyspace event channel for expired keys in the store's database.
     expired_channel: String,
     changes: broadcast::Sender<Change>,
-    /// Told when the feed has subscribed, for watchers waiting on that.
-    subscribed: watch::Sender<bool>,
-    /// Shared with the watchers (see [`RedisStore::watch`]).
-    start: Arc<Mutex<FeedStart>>,
+    /// Shared with the watchers, who wait on it (see [`RedisStore::watch`]).
+    start: Arc<watch::Sender<FeedStart>>,
     stop: CancellationToken,
 }
 
@@ -648,9 +639,7 @@ impl Feed {
                     // Whatever was published while we were not subscribed is lost, so
                     // watchers must re-read; unless this is the first subscription and
                     // every watcher waited for it, having missed nothing.
-                    let before = std::mem::replace(&mut *lock(&self.start), FeedStart::Subscribed);
-                    self.subscribed.send_replace(true);
-                    if before != FeedStart::Pending {
+                    if self.start.send_replace(FeedStart::Subscribed) != FeedStart::Pending {
                         let _ = self.changes.send(Change::Resync);
                     }
                     delay = FEED_RETRY_MIN;
