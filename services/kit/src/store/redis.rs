@@ -23,7 +23,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::{
-    Client, ErrorKind, IntoConnectionInfo, Msg, ProtocolVersion, RedisError, RedisResult, Script, ServerErrorKind,
+    Client, ErrorKind, IntoConnectionInfo, Msg, ProtocolVersion, RedisError, RedisResult, Script, ScriptInvocation,
+    ServerErrorKind,
 };
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout, timeout_at};
@@ -69,40 +70,43 @@ const FEED_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Writes `val` if the expectation holds, with a fresh version and the expiry, and
 /// publishes the change when the store announces writes. With `keep` set, a live entry's
-/// later expiry (0 is never, the latest) stays. Replies `{1, version, expiry}`, or
-/// `{0, current version or -1, 0}` on a conflict. Numbers are formatted with `%d` because
-/// Lua would print large ones in exponent notation.
+/// later expiry (0 is never, the latest) stays.
+///
+/// Replies `"{version}:{expiry}"`, or `"!{current version}"` (empty when there is none) on
+/// a conflict: one string costs Redis less to build and send than an array, and this
+/// script is the hot path of every session update. For the same reason the channel and key
+/// are passed only when announcing. Numbers are formatted with `%d` because Lua would
+/// print large ones in exponent notation.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: entry, counter. ARGV: mode, expected version, value, ttl ms (0 = none), channel, key, keep, announce
+-- KEYS: entry, counter. ARGV: expectation, value, ttl ms (0 = none), keep, then channel and key when announcing
 local current = redis.call('HMGET', KEYS[1], 'ver', 'exp')
 local found = current[1]
-local mode = ARGV[1]
-if (mode == 'absent' and found) or (mode == 'version' and found ~= ARGV[2]) then
-  return {0, found and tonumber(found) or -1, 0}
+local expected = ARGV[1]
+if (expected == '-' and found) or (expected ~= '' and expected ~= '-' and found ~= expected) then
+  return '!' .. (found or '')
 end
-local version = redis.call('INCR', KEYS[2])
-local ttl = tonumber(ARGV[4])
-local expires = 0
+local version = string.format('%d', redis.call('INCR', KEYS[2]))
+local expires = '0'
+local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   local now = redis.call('TIME')
-  expires = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
-  if ARGV[7] == '1' and found then
-    local kept = tonumber(current[2]) or 0
-    if kept == 0 or kept > expires then expires = kept end
-  end
+  local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
+  local kept = ARGV[4] == '1' and found and (tonumber(current[2]) or 0)
+  if kept and (kept == 0 or kept > at) then at = kept end
+  expires = string.format('%d', at)
 end
-redis.call('HSET', KEYS[1], 'val', ARGV[3], 'ver', string.format('%d', version), 'exp', string.format('%d', expires))
-if expires > 0 then
-  redis.call('PEXPIREAT', KEYS[1], string.format('%d', expires))
-else
+redis.call('HSET', KEYS[1], 'val', ARGV[2], 'ver', version, 'exp', expires)
+if expires == '0' then
   redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIREAT', KEYS[1], expires)
 end
-if ARGV[8] == '1' then
-  redis.call('PUBLISH', ARGV[5], 'p:' .. string.format('%d', version) .. ':' .. ARGV[6])
+if ARGV[5] then
+  redis.call('PUBLISH', ARGV[5], 'p:' .. version .. ':' .. ARGV[6])
 end
-return {1, version, expires}
+return version .. ':' .. expires
 ",
     )
 });
@@ -113,18 +117,18 @@ return {1, version, expires}
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: entry. ARGV: mode, expected version, channel, key, announce
-local current = redis.call('HGET', KEYS[1], 'ver')
-local mode = ARGV[1]
-if (mode == 'absent' and current) or (mode == 'version' and current ~= ARGV[2]) then
-  return {0, current and tonumber(current) or -1}
+-- KEYS: entry. ARGV: expectation, then channel and key when announcing
+local found = redis.call('HGET', KEYS[1], 'ver')
+local expected = ARGV[1]
+if (expected == '-' and found) or (expected ~= '' and expected ~= '-' and found ~= expected) then
+  return {0, found and tonumber(found) or -1}
 end
-if not current then
+if not found then
   return {1, 0}
 end
 redis.call('DEL', KEYS[1])
-if ARGV[5] == '1' then
-  redis.call('PUBLISH', ARGV[3], 'd:' .. ARGV[4])
+if ARGV[2] then
+  redis.call('PUBLISH', ARGV[2], 'd:' .. ARGV[3])
 end
 return {1, 1}
 ",
@@ -311,40 +315,30 @@ impl RedisStore {
         lifetime: Lifetime,
     ) -> Result<Written> {
         let ttl = ttl.map(ttl_millis).transpose()?.unwrap_or(0);
-        let (mode, expected) = expectation(expect);
         let names = &self.inner.names;
         let mut invocation = PUT.prepare_invoke();
         invocation
             .key(names.entry(key))
             .key(&names.counter)
-            .arg(mode)
-            .arg(expected)
+            .arg(expectation(expect))
             .arg(value)
             .arg(ttl)
-            .arg(&names.channel)
-            .arg(key)
-            .arg(u8::from(lifetime == Lifetime::KeepLater))
-            .arg(self.announces());
+            .arg(u8::from(lifetime == Lifetime::KeepLater));
+        self.announce_to(&mut invocation, key);
         let invocation = &invocation;
-        let (applied, version, expires_at): (i64, i64, i64) =
+        let reply: String =
             self.round_trip(Retry::IfNotSent, |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
-        if applied != 1 {
-            return Err(conflict(key, version));
-        }
-        let version = u64::try_from(version).map_err(|_| unexpected_reply("put", version))?;
-        let expires_at = u64::try_from(expires_at).map_err(|_| unexpected_reply("put", expires_at))?;
-        Ok(Written { version, expires_at: expiry_time(expires_at) })
+        written(key, &reply)
     }
 
     /// See [`Store::delete`](super::Store::delete).
     pub async fn delete(&self, key: &str, expect: Expect) -> Result<bool> {
-        let (mode, expected) = expectation(expect);
-        let names = &self.inner.names;
         let mut invocation = DELETE.prepare_invoke();
-        invocation.key(names.entry(key)).arg(mode).arg(expected).arg(&names.channel).arg(key).arg(self.announces());
+        invocation.key(self.inner.names.entry(key)).arg(expectation(expect));
+        self.announce_to(&mut invocation, key);
         let invocation = &invocation;
         let (applied, outcome): (i64, i64) =
             self.round_trip(Retry::IfNotSent, |mut connection| async move {
@@ -457,9 +451,12 @@ impl RedisStore {
         changes
     }
 
-    /// The scripts' announce argument.
-    fn announces(&self) -> u8 {
-        u8::from(self.inner.announce == Announce::Writes)
+    /// Adds the channel and the key to a write script's arguments when this store
+    /// announces writes; without them the script publishes nothing.
+    fn announce_to(&self, invocation: &mut ScriptInvocation<'_>, key: &str) {
+        if self.inner.announce == Announce::Writes {
+            invocation.arg(&self.inner.names.channel).arg(key);
+        }
     }
 
     /// See [`Store::ping`](super::Store::ping): sends PING.
@@ -565,22 +562,30 @@ fn entry(key: &str, (value, version, expires_at): Fields) -> Result<Option<Entry
     }
 }
 
-/// The script arguments for `expect`: a mode and the expected version.
-fn expectation(expect: Expect) -> (&'static str, u64) {
+/// The scripts' expectation argument: empty for any, `-` for absent, else the version.
+fn expectation(expect: Expect) -> String {
     match expect {
-        Expect::Any => ("any", 0),
-        Expect::Absent => ("absent", 0),
-        Expect::Version(version) => ("version", version),
+        Expect::Any => String::new(),
+        Expect::Absent => "-".to_owned(),
+        Expect::Version(version) => version.to_string(),
     }
 }
 
-/// The conflict a script reported, with the current version it read (-1 for none).
-fn conflict(key: &str, current: i64) -> StoreError {
-    StoreError::Conflict { key: key.to_owned(), current: u64::try_from(current).ok() }
+/// What [`PUT`] replied: the new version and expiry, or the conflict it found.
+fn written(key: &str, reply: &str) -> Result<Written> {
+    if let Some(current) = reply.strip_prefix('!') {
+        return Err(StoreError::Conflict { key: key.to_owned(), current: current.parse().ok() });
+    }
+    let parsed =
+        reply.split_once(':').and_then(|(version, expires_at)| Some((version.parse().ok()?, expires_at.parse().ok()?)));
+    let (version, expires_at) =
+        parsed.ok_or_else(|| StoreError::Invalid(format!("redis put script replied {reply:?}")))?;
+    Ok(Written { version, expires_at: expiry_time(expires_at) })
 }
 
-fn unexpected_reply(operation: &str, reply: i64) -> StoreError {
-    StoreError::Invalid(format!("redis {operation} script replied {reply}"))
+/// The conflict the delete script reported, with the current version it read (-1 for none).
+fn conflict(key: &str, current: i64) -> StoreError {
+    StoreError::Conflict { key: key.to_owned(), current: u64::try_from(current).ok() }
 }
 
 /// Escapes what SCAN's MATCH would read as a pattern, so a prefix matches only itself.
@@ -735,5 +740,17 @@ mod tests {
         assert_eq!(parse_change("d:a:b"), Some(Change::Deleted { key: "a:b".to_owned() }));
         assert_eq!(parse_change("p:x:a"), None);
         assert_eq!(parse_change("z"), None);
+    }
+
+    #[test]
+    fn put_replies_parse_into_writes_conflicts_or_errors() {
+        let plain = written("k", "7:0").unwrap();
+        assert_eq!((plain.version, plain.expires_at), (7, None));
+        assert_eq!(written("k", "8:1000").unwrap().expires_at, expiry_time(1000));
+        assert!(matches!(written("k", "!5"), Err(StoreError::Conflict { current: Some(5), .. })));
+        assert!(matches!(written("k", "!"), Err(StoreError::Conflict { current: None, .. })));
+        for garbage in ["", "7", "x:1", "7:-1"] {
+            assert!(matches!(written("k", garbage), Err(StoreError::Invalid(_))), "{garbage:?}");
+        }
     }
 }
