@@ -144,7 +144,7 @@ where
         }
         match self.session(Call::Update(session.update_request())).await {
             Ok(saved) => {
-                *session = Session::from_proto(saved);
+                session.saved(saved);
                 Ok(())
             }
             Err(status) => Err(classify(status)),

@@ -88,7 +88,7 @@ impl Session {
     }
 
     /// The pending changes as an update of this version; they stay pending until
-    /// [`Session::saved`] replaces the session with the store's answer.
+    /// [`Session::saved`] takes in the store's answer.
     pub(crate) fn update_request(&self) -> proto::UpdateSessionRequest {
         proto::UpdateSessionRequest {
             id: self.id.clone(),
@@ -96,7 +96,23 @@ impl Session {
             set: self.set.clone(),
             remove: self.removed.iter().cloned().collect(),
             ttl: None,
+            omit_attributes: self.knows_saved_attributes(),
         }
+    }
+
+    /// Takes in the store's answer to [`update_request`](Self::update_request): the new
+    /// version and expiry, and no pending changes.
+    pub(crate) fn saved(&mut self, reply: proto::Session) {
+        let attributes =
+            if self.knows_saved_attributes() { std::mem::take(&mut self.attributes) } else { reply.attributes };
+        *self = Self::from_proto(proto::Session { attributes, ..reply });
+    }
+
+    /// Whether a successful save leaves exactly the attributes this session shows: it
+    /// does when the save is conditional on the version they were read at, so the store
+    /// need not send them back.
+    fn knows_saved_attributes(&self) -> bool {
+        self.version != 0
     }
 
     /// The session as the store returned it, with no pending changes.
@@ -160,5 +176,42 @@ mod tests {
         assert_eq!(request.expected_version, 7);
         assert_eq!(request.set, HashMap::from([("cart".into(), b"1".to_vec()), ("theme".into(), b"light".to_vec())]));
         assert_eq!(request.remove, vec!["gone".to_owned()]);
+        assert!(request.omit_attributes, "a save at a known version knows what it leaves");
+    }
+
+    #[test]
+    fn a_saved_session_keeps_what_it_shows_at_the_stores_new_version() {
+        let mut session = stored();
+        session.set("cart", "1");
+        session.remove("theme");
+        let shown: HashMap<String, Vec<u8>> =
+            session.attributes().map(|(name, value)| (name.to_owned(), value.to_vec())).collect();
+        let expires = pbjson_types::Timestamp { seconds: 1_700_000_600, nanos: 0 };
+        session.saved(proto::Session {
+            id: "id".into(),
+            version: 9,
+            attributes: HashMap::new(),
+            created_at: Some(pbjson_types::Timestamp { seconds: 1_700_000_000, nanos: 5 }),
+            expires_at: Some(expires),
+            max_expires_at: None,
+        });
+        assert_eq!((session.version(), session.is_modified()), (9, false));
+        assert_eq!(session.expires_at(), system_time(expires));
+        assert_eq!(session.attributes, shown);
+    }
+
+    #[test]
+    fn an_unconditional_save_takes_the_stores_attributes() {
+        let mut session = Session { version: 0, ..stored() };
+        session.set("cart", "1");
+        assert!(!session.update_request().omit_attributes);
+        let stored_now = HashMap::from([("cart".into(), b"1".to_vec()), ("other".into(), b"x".to_vec())]);
+        session.saved(proto::Session {
+            id: "id".into(),
+            version: 3,
+            attributes: stored_now.clone(),
+            ..Default::default()
+        });
+        assert_eq!(session.attributes, stored_now);
     }
 }

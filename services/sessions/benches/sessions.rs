@@ -276,6 +276,8 @@ async fn client_loop(
                     set: HashMap::from([("counter".to_owned(), value.into_bytes())]),
                     remove: Vec::new(),
                     ttl: None,
+                    // Only the version is read back, as the client crate does.
+                    omit_attributes: true,
                 };
                 match targets.grpc.update_session(request).await {
                     Ok(session) => {

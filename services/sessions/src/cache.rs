@@ -8,6 +8,10 @@
 //! deleted), the store refuses the write and the caller hears exactly what a read would
 //! have told it. So nothing here is ever invalidated for correctness; entries are only
 //! evicted to bound memory.
+//!
+//! An update takes its record out and puts the record it wrote back, decoded: a session
+//! updated again and again on this replica is then neither decoded nor copied for it.
+//! A read leaves the bytes it read, since most records read are never updated here.
 
 use bytes::Bytes;
 use quick_cache::{Weighter, sync::Cache};
@@ -17,11 +21,22 @@ use crate::{id::SessionId, record::Record};
 /// Bytes counted for an entry beyond its id and record: the cache's own bookkeeping.
 const ENTRY_OVERHEAD: u64 = 64;
 
-/// A record at the version the store gave it, as the store holds it (encoded).
+/// A record at the version the store gave it.
 #[derive(Clone, Debug)]
 struct Cached {
     version: u64,
-    value: Bytes,
+    /// How many bytes the record takes encoded, which is what the entry is weighed by.
+    encoded_len: usize,
+    record: Held,
+}
+
+/// A record as the cache holds it.
+#[derive(Clone, Debug)]
+enum Held {
+    /// As the store holds it: what a read left.
+    Encoded(Bytes),
+    /// Ready to change: what an update wrote.
+    Decoded(Record),
 }
 
 /// Weighs an entry by the bytes it holds.
@@ -30,7 +45,7 @@ struct ByteWeight;
 
 impl Weighter<String, Cached> for ByteWeight {
     fn weight(&self, id: &String, cached: &Cached) -> u64 {
-        (id.len() + cached.value.len()) as u64 + ENTRY_OVERHEAD
+        (id.len() + cached.encoded_len) as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -55,15 +70,30 @@ impl RecordCache {
 
     /// Remembers that session `id` is `value` (encoded) at `version`.
     pub fn remember(&self, id: &SessionId, version: u64, value: impl Into<Bytes>) {
+        let value = value.into();
+        self.insert(id, Cached { version, encoded_len: value.len(), record: Held::Encoded(value) });
+    }
+
+    /// Remembers that session `id` is `record`, `encoded_len` bytes encoded, at `version`.
+    pub fn remember_record(&self, id: &SessionId, version: u64, record: Record, encoded_len: usize) {
+        self.insert(id, Cached { version, encoded_len, record: Held::Decoded(record) });
+    }
+
+    fn insert(&self, id: &SessionId, cached: Cached) {
         if let Some(entries) = &self.entries {
-            entries.insert(id.as_str().to_owned(), Cached { version, value: value.into() });
+            entries.insert(id.as_str().to_owned(), cached);
         }
     }
 
-    /// The version and record last remembered for `id`, if any and still decodable.
-    pub fn recall(&self, id: &SessionId) -> Option<(u64, Record)> {
-        let cached = self.entries.as_ref()?.get(id.as_str())?;
-        Some((cached.version, Record::decode_from(&cached.value)?))
+    /// Takes out the version and record last remembered for `id`, if any and still
+    /// decodable. The caller owns the record from then on; it puts back what it writes.
+    pub fn take(&self, id: &SessionId) -> Option<(u64, Record)> {
+        let (_, cached) = self.entries.as_ref()?.remove(id.as_str())?;
+        let record = match cached.record {
+            Held::Decoded(record) => record,
+            Held::Encoded(value) => Record::decode_from(&value)?,
+        };
+        Some((cached.version, record))
     }
 
     /// Forgets `id`, once it is deleted: no write can succeed from its record any more,
@@ -72,5 +102,44 @@ impl RecordCache {
         if let Some(entries) = &self.entries {
             entries.remove(id.as_str());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use prost::Message;
+
+    use super::*;
+
+    fn record(cart: &str) -> Record {
+        Record { ttl_ms: 60_000, attributes: HashMap::from([("cart".into(), cart.into())]), ..Record::default() }
+    }
+
+    #[test]
+    fn an_update_takes_the_record_out_and_puts_back_what_it_wrote() {
+        let cache = RecordCache::new(1 << 20);
+        let id = SessionId::generate();
+        cache.remember(&id, 3, record("read").encode_to_vec());
+        assert_eq!(cache.take(&id), Some((3, record("read"))));
+        assert_eq!(cache.take(&id), None, "a taken record is the taker's alone");
+
+        let written = record("written");
+        let encoded_len = written.encoded_len();
+        cache.remember_record(&id, 4, written.clone(), encoded_len);
+        assert_eq!(cache.take(&id), Some((4, written)));
+    }
+
+    #[test]
+    fn undecodable_bytes_and_a_cache_of_nothing_give_nothing() {
+        let id = SessionId::generate();
+        let cache = RecordCache::new(1 << 20);
+        cache.remember(&id, 1, vec![0xff; 3]);
+        assert_eq!(cache.take(&id), None);
+
+        let none = RecordCache::new(0);
+        none.remember_record(&id, 1, record("x"), 10);
+        assert_eq!(none.take(&id), None);
     }
 }

@@ -87,6 +87,7 @@ pub(crate) async fn update(sessions: &Sessions, request: UpdateSessionRequest) -
         set: request.set,
         remove: request.remove,
         ttl: duration("ttl", request.ttl)?,
+        omit_attributes: request.omit_attributes,
     };
     Ok(to_proto(sessions.update(&request.id, changes).await?))
 }

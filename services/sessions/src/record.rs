@@ -57,6 +57,11 @@ impl Record {
     pub fn max_expires_at(&self) -> Option<SystemTime> {
         self.max_expires_at_ms.map(from_unix_millis)
     }
+
+    /// The same session without its attributes, for a reply that leaves them out.
+    pub fn without_attributes(&self) -> Self {
+        Self { attributes: HashMap::new(), ..*self }
+    }
 }
 
 /// `time` in whole milliseconds since the Unix epoch (0 before it).

@@ -95,6 +95,8 @@ pub struct Changes {
     pub remove: Vec<String>,
     /// New idle TTL, kept from now on; the current one when `None`.
     pub ttl: Option<Duration>,
+    /// Return the session without its attributes, which the caller already knows.
+    pub omit_attributes: bool,
 }
 
 /// A session as read from the store.
@@ -233,7 +235,7 @@ impl Sessions {
         // between. A conditional one needs no queue; whoever loses is told so.
         let _lane = if conditional { None } else { Some(self.lanes.enter(&id).await) };
         let mut cached =
-            self.cache.recall(&id).filter(|(version, _)| !conditional || *version == changes.expected_version);
+            self.cache.take(&id).filter(|(version, _)| !conditional || *version == changes.expected_version);
         let mut current = None;
         for attempt in 0..UNCONDITIONAL_ATTEMPTS {
             if attempt > 0 {
@@ -265,10 +267,12 @@ impl Sessions {
                 record.set_ttl(ttl);
             }
             let value = record.encode_to_vec();
-            match self.save(&id, now, &record, value.clone(), version, changes.ttl.is_some()).await {
+            let encoded_len = value.len();
+            match self.save(&id, now, &record, value, version, changes.ttl.is_some()).await {
                 Ok(saved) => {
-                    self.cache.remember(&id, saved.version, value);
-                    return Ok(Session::new(id, saved.version, record, saved.expires_at));
+                    let reply = if changes.omit_attributes { record.without_attributes() } else { record.clone() };
+                    self.cache.remember_record(&id, saved.version, record, encoded_len);
+                    return Ok(Session::new(id, saved.version, reply, saved.expires_at));
                 }
                 // Deleted or expired since the read (or since the cached write).
                 Err(StoreError::Conflict { current: None, .. }) => return Err(SessionError::NotFound),

@@ -89,6 +89,7 @@ async fn updating_over_a_limit_is_refused_and_changes_nothing(backend: Backend) 
         set,
         remove: remove.iter().map(|name| (*name).to_owned()).collect(),
         ttl: None,
+        omit_attributes: false,
     };
 
     let refusals = [
@@ -135,6 +136,24 @@ async fn a_stale_expected_version_is_aborted_with_the_current_version(backend: B
     let updated = grpc.update_session(retried).await.expect("the retry wins").into_inner();
     assert_eq!(updated.attributes, attributes(&[("cart", b"2 items")]));
     assert!(updated.version > current.version);
+
+    // A writer that knows what it leaves can have the attributes left out of the reply;
+    // they are stored all the same.
+    let quiet = UpdateSessionRequest {
+        id: session.id.clone(),
+        expected_version: updated.version,
+        set: attributes(&[("theme", b"dark")]),
+        omit_attributes: true,
+        ..UpdateSessionRequest::default()
+    };
+    let saved = grpc.update_session(quiet).await.expect("the quiet update wins").into_inner();
+    assert!(saved.attributes.is_empty(), "{saved:?}");
+    assert!(saved.version > updated.version && saved.expires_at.is_some());
+    let read = grpc.get_session(GetSessionRequest { id: session.id.clone(), touch: false }).await.unwrap().into_inner();
+    assert_eq!(
+        (read.version, read.attributes),
+        (saved.version, attributes(&[("cart", b"2 items"), ("theme", b"dark")]))
+    );
 }
 
 async fn malformed_ids_are_invalid_and_unknown_ids_not_found(backend: Backend) {
