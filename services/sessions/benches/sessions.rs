@@ -5,7 +5,8 @@
 //! concurrent clients, and the equivalent operations straight against Redis from the same
 //! process: HGETALL of a session hash, and a Lua script that checks the version, sets the
 //! attribute, bumps the version and slides the expiry. Each cell runs for a bounded time
-//! and count and reports throughput and latency percentiles.
+//! and count, in rounds that take turns with the other paths' cells of the same row, and
+//! reports throughput and latency percentiles.
 //!
 //! The service is driven two ways: `unary`, one GetSession or UpdateSession rpc per
 //! operation on a shared channel, and `pipelined`, through `ficus-sessions-client` as an
@@ -44,8 +45,12 @@ use tonic::transport::{Channel, Endpoint};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Longest a cell runs after its warm-up.
+/// Longest a cell runs after its warm-up, over all its rounds.
 const CELL_TIME: Duration = Duration::from_secs(3);
+/// Each cell runs in this many rounds, the three paths taking turns, so that a slower
+/// stretch of the machine (a neighbour's load on a shared host) weighs on every path
+/// alike instead of on whichever ran during it.
+const ROUNDS: u32 = 3;
 /// Most operations a cell counts.
 const CELL_MAX_OPS: u64 = 500_000;
 /// Unmeasured run before each cell, so connections and caches are warm.
@@ -87,6 +92,18 @@ struct Cell {
 }
 
 impl Cell {
+    fn empty() -> Self {
+        Self { ops: 0, errors: 0, elapsed: Duration::ZERO, latency: histogram() }
+    }
+
+    /// Takes in another stretch of the same cell.
+    fn add(&mut self, other: Cell) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        let _ = self.latency.add(other.latency);
+    }
+
     fn throughput(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
@@ -156,8 +173,8 @@ async fn bench(workers: usize) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     println!(
-        "sessions benchmark: {CELL_TIME:?} or {CELL_MAX_OPS} ops per cell, Redis appendfsync everysec, loopback, \
-         {workers} runtime worker(s) for load and service"
+        "sessions benchmark: {CELL_TIME:?} or {CELL_MAX_OPS} ops per cell in {ROUNDS} rounds, \
+         Redis appendfsync everysec, loopback, {workers} runtime worker(s) for load and service"
     );
     println!(
         "{:<8} {:>7} {:<10} {:>10} {:>9} {:>9} {:>7} {:>8}",
@@ -165,9 +182,7 @@ async fn bench(workers: usize) -> Result<(), Box<dyn std::error::Error>> {
     );
     for op in [Op::Get, Op::Update] {
         for clients in CLIENTS {
-            let raw = run_cell(&targets, op, Path::Raw, clients).await;
-            let unary = run_cell(&targets, op, Path::Unary, clients).await;
-            let pipelined = run_cell(&targets, op, Path::Pipelined, clients).await;
+            let [raw, unary, pipelined] = run_cells(&targets, op, clients).await;
             for (path, cell) in [("raw", &raw), ("unary", &unary), ("pipelined", &pipelined)] {
                 let ratio = if path == "raw" {
                     String::new()
@@ -194,10 +209,21 @@ async fn bench(workers: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Runs `clients` concurrent loops of `op` on `path`: a warm-up, then the measured cell.
-async fn run_cell(targets: &Targets, op: Op, path: Path, clients: usize) -> Cell {
-    run_for(targets, op, path, clients, WARM_UP, u64::MAX).await;
-    run_for(targets, op, path, clients, CELL_TIME, CELL_MAX_OPS).await
+/// Runs `clients` concurrent loops of `op` on each path: a warm-up of each, then the
+/// measured cells in [`ROUNDS`] rounds of turns.
+async fn run_cells(targets: &Targets, op: Op, clients: usize) -> [Cell; 3] {
+    let paths = [Path::Raw, Path::Unary, Path::Pipelined];
+    for path in paths {
+        run_for(targets, op, path, clients, WARM_UP, u64::MAX).await;
+    }
+    let mut cells = paths.map(|_| Cell::empty());
+    for _ in 0..ROUNDS {
+        for (cell, path) in cells.iter_mut().zip(paths) {
+            let round = run_for(targets, op, path, clients, CELL_TIME / ROUNDS, CELL_MAX_OPS / u64::from(ROUNDS)).await;
+            cell.add(round);
+        }
+    }
+    cells
 }
 
 async fn run_for(targets: &Targets, op: Op, path: Path, clients: usize, time: Duration, max_ops: u64) -> Cell {
@@ -211,12 +237,10 @@ async fn run_for(targets: &Targets, op: Op, path: Path, clients: usize, time: Du
             tokio::spawn(async move { client_loop(targets, op, path, client, end, max_ops, issued).await })
         })
         .collect();
-    let mut cell = Cell { ops: 0, errors: 0, elapsed: Duration::ZERO, latency: histogram() };
+    let mut cell = Cell::empty();
     for task in tasks {
         if let Ok((ops, errors, latency)) = task.await {
-            cell.ops += ops;
-            cell.errors += errors;
-            let _ = cell.latency.add(latency);
+            cell.add(Cell { ops, errors, elapsed: Duration::ZERO, latency });
         }
     }
     cell.elapsed = started.elapsed();
