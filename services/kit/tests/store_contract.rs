@@ -15,6 +15,7 @@ use ficus_testkit::{RedisServer, eventually};
 use tempfile::TempDir;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
+use tokio_util::sync::CancellationToken;
 
 /// Generous bound for things that should happen within a second or two (a TTL passing,
 /// the sweeper running, a notification arriving), so that a loaded CI machine does not
@@ -90,6 +91,7 @@ contract!(
     namespaces_are_isolated,
     watch_reports_puts_deletes_and_expiry,
     unannounced_writes_reach_no_watcher,
+    followers_start_with_a_resync_and_stop_on_shutdown,
     concurrent_compare_and_set_loses_no_update,
     bad_namespaces_are_refused,
 );
@@ -101,6 +103,24 @@ async fn unannounced_writes_reach_no_watcher(f: Fixture) {
     assert_eq!(quiet.get("k").await.unwrap().unwrap().version, version);
     assert!(quiet.delete("k", Expect::Version(version)).await.unwrap());
     assert_eq!(changes.recv().await, Err(broadcast::error::RecvError::Closed), "watching a quiet store ends at once");
+}
+
+async fn followers_start_with_a_resync_and_stop_on_shutdown(f: Fixture) {
+    let shutdown = CancellationToken::new();
+    let mut follower = f.store.follow(shutdown.clone());
+    // Written before the follower subscribed: only the Resync covers it.
+    f.store.put("before", Vec::new(), Expect::Absent, None).await.unwrap();
+    assert_eq!(follower.next().await, Some(Change::Resync));
+    let version = f.store.put("after", Vec::new(), Expect::Absent, None).await.unwrap();
+    let put = tokio::time::timeout(PATIENCE, follower.next()).await.expect("a change within the patience");
+    assert_eq!(put, Some(Change::Put { key: "after".into(), version }));
+    shutdown.cancel();
+    assert_eq!(follower.next().await, None);
+
+    let quiet = Store::open_announcing(&f.location, "quiet", Announce::Nothing).await.unwrap();
+    let mut follower = quiet.follow(CancellationToken::new());
+    assert_eq!(follower.next().await, Some(Change::Resync));
+    assert_eq!(follower.next().await, None, "a quiet store has nothing more to follow");
 }
 
 async fn writes_follow_every_expectation(f: Fixture) {

@@ -137,21 +137,15 @@ impl Rollouts {
 
     /// Publishes other replicas' writes until `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
-        let mut changes = tokio::select! {
-            changes = self.store.watch() => changes,
-            () = shutdown.cancelled() => return,
-        };
-        // Writes made before this subscription went unseen: start as after a resync.
-        let mut change = Ok(Change::Resync);
-        loop {
+        let mut changes = self.store.follow(shutdown);
+        while let Some(change) = changes.next().await {
             let ids: Vec<String> = match change {
-                Ok(Change::Put { key, .. }) => key.strip_prefix(ROLLOUTS).map(str::to_owned).into_iter().collect(),
-                Ok(Change::Deleted { .. }) => Vec::new(),
-                Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => match self.list("", false).await {
+                Change::Put { key, .. } => key.strip_prefix(ROLLOUTS).map(str::to_owned).into_iter().collect(),
+                Change::Deleted { .. } => Vec::new(),
+                Change::Resync => match self.list("", false).await {
                     Ok(all) => all.into_iter().map(|rollout| rollout.id).collect(),
                     Err(_) => Vec::new(),
                 },
-                Err(broadcast::error::RecvError::Closed) => return,
             };
             for id in ids {
                 if let Ok(Some(rollout)) = self.find(&id).await {
@@ -160,10 +154,6 @@ impl Rollouts {
                     self.publish(&rollout, reason, from);
                 }
             }
-            change = tokio::select! {
-                change = changes.recv() => change,
-                () = shutdown.cancelled() => return,
-            };
         }
     }
 

@@ -7,7 +7,6 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 use ficus_kit::store::{Change, Entry, Expect, Store, StoreError};
 use ficus_proto::traffic::v1 as proto;
 use prost::Message;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -101,35 +100,25 @@ impl Registry {
     /// Keeps the live table in step with writes made through other replicas until
     /// `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
-        let mut changes = tokio::select! {
-            changes = self.store.watch() => changes,
-            () = shutdown.cancelled() => return,
-        };
-        // Writes made between the load at open and this subscription went unseen: start
-        // as after a resync.
-        let mut change = Ok(Change::Resync);
-        loop {
+        let mut changes = self.store.follow(shutdown);
+        while let Some(change) = changes.next().await {
             let result = match change {
-                Ok(Change::Put { key, .. }) => match key.strip_prefix(PREFIX) {
+                Change::Put { key, .. } => match key.strip_prefix(PREFIX) {
                     Some(name) => self.refresh(name).await,
                     None => Ok(()),
                 },
-                Ok(Change::Deleted { key }) => {
+                Change::Deleted { key } => {
                     if let Some(name) = key.strip_prefix(PREFIX) {
                         self.table.remove(name);
                     }
                     Ok(())
                 }
-                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => self.reload().await,
-                Err(RecvError::Closed) => return,
+                // Also the first change: what was written since the load at open.
+                Change::Resync => self.reload().await,
             };
             if let Err(error) = result {
                 tracing::warn!(%error, "cannot follow a route change; the table stays as it was until the next one");
             }
-            change = tokio::select! {
-                change = changes.recv() => change,
-                () = shutdown.cancelled() => return,
-            };
         }
     }
 

@@ -14,13 +14,16 @@
 //!   namespace nobody follows is opened with [`Announce::Nothing`] and costs nothing for it.
 
 mod embedded;
+mod follower;
 mod redis;
 
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 pub use self::embedded::EmbeddedStore;
+pub use self::follower::Follower;
 pub use self::redis::RedisStore;
 
 /// One stored value.
@@ -259,6 +262,12 @@ impl Store {
             Self::Embedded(store) => store.watch(),
             Self::Redis(store) => store.watch().await,
         }
+    }
+
+    /// Follows changes as a replica that has just loaded what it follows does, until
+    /// `shutdown`: see [`Follower::next`]. Subscribes on the first `next`.
+    pub fn follow(&self, shutdown: CancellationToken) -> Follower {
+        Follower::new(self.clone(), shutdown)
     }
 
     /// Checks that the backend answers, for readiness.
