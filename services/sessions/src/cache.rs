@@ -85,10 +85,12 @@ impl RecordCache {
         }
     }
 
-    /// Takes out the version and record last remembered for `id`, if any and still
-    /// decodable. The caller owns the record from then on; it puts back what it writes.
-    pub fn take(&self, id: &SessionId) -> Option<(u64, Record)> {
-        let (_, cached) = self.entries.as_ref()?.remove(id.as_str())?;
+    /// Takes out the version and record last remembered for `id`, if any, at a version
+    /// `wanted` accepts, and still decodable. The caller owns the record from then on; it
+    /// puts back what it writes. An entry at a version not wanted stays for the next
+    /// caller: a writer with a stale version must not cost the others their cached record.
+    pub fn take(&self, id: &SessionId, wanted: impl FnOnce(u64) -> bool) -> Option<(u64, Record)> {
+        let (_, cached) = self.entries.as_ref()?.remove_if(id.as_str(), |cached| wanted(cached.version))?;
         let record = match cached.record {
             Held::Decoded(record) => record,
             Held::Encoded(value) => Record::decode_from(&value)?,
@@ -122,13 +124,14 @@ mod tests {
         let cache = RecordCache::new(1 << 20);
         let id = SessionId::generate();
         cache.remember(&id, 3, record("read").encode_to_vec());
-        assert_eq!(cache.take(&id), Some((3, record("read"))));
-        assert_eq!(cache.take(&id), None, "a taken record is the taker's alone");
+        assert_eq!(cache.take(&id, |version| version == 2), None, "a stale version takes nothing");
+        assert_eq!(cache.take(&id, |_| true), Some((3, record("read"))), "and leaves the entry");
+        assert_eq!(cache.take(&id, |_| true), None, "a taken record is the taker's alone");
 
         let written = record("written");
         let encoded_len = written.encoded_len();
         cache.remember_record(&id, 4, written.clone(), encoded_len);
-        assert_eq!(cache.take(&id), Some((4, written)));
+        assert_eq!(cache.take(&id, |version| version == 4), Some((4, written)));
     }
 
     #[test]
@@ -136,10 +139,10 @@ mod tests {
         let id = SessionId::generate();
         let cache = RecordCache::new(1 << 20);
         cache.remember(&id, 1, vec![0xff; 3]);
-        assert_eq!(cache.take(&id), None);
+        assert_eq!(cache.take(&id, |_| true), None);
 
         let none = RecordCache::new(0);
         none.remember_record(&id, 1, record("x"), 10);
-        assert_eq!(none.take(&id), None);
+        assert_eq!(none.take(&id, |_| true), None);
     }
 }

@@ -234,8 +234,7 @@ impl Sessions {
         // raced: they queue here, and only writers on other replicas can still get in
         // between. A conditional one needs no queue; whoever loses is told so.
         let _lane = if conditional { None } else { Some(self.lanes.enter(&id).await) };
-        let mut cached =
-            self.cache.take(&id).filter(|(version, _)| !conditional || *version == changes.expected_version);
+        let mut cached = self.cache.take(&id, |version| !conditional || version == changes.expected_version);
         let mut current = None;
         for attempt in 0..UNCONDITIONAL_ATTEMPTS {
             if attempt > 0 {
