@@ -11,8 +11,9 @@
 //!   unless the store was opened with [`Announce::Nothing`].
 //!
 //! Every write is one Lua script, so the compare-and-set, the version, the expiry and the
-//! notification happen atomically. Expiry times come from the server's clock (`TIME`), so
-//! replicas with skewed clocks still agree on them.
+//! notification happen atomically. Expiry times come from the server's clock (Redis sets
+//! them from a TTL and reports them with `PEXPIRETIME`, both Redis 7), so replicas with
+//! skewed clocks still agree on them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -70,39 +71,40 @@ const FEED_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Writes `val` if the expectation holds, with a fresh version and the expiry, and
 /// publishes the change when the store announces writes. With `keep` set, a live entry's
-/// later expiry (0 is never, the latest) stays.
+/// later expiry (never is the latest) stays.
 ///
 /// Replies `"{version}:{expiry}"`, or `"!{current version}"` (empty when there is none) on
 /// a conflict: one string costs Redis less to build and send than an array, and this
 /// script is the hot path of every session update. For the same reason the channel and key
-/// are passed only when announcing. Numbers are formatted with `%d` because Lua would
-/// print large ones in exponent notation.
+/// are passed only when announcing, and Redis works out the deadline itself (`PEXPIRE`,
+/// with `GT` to keep a later one) instead of the script doing arithmetic on `TIME`. A new
+/// entry that expires gets its version first, since only an existing key takes an expiry.
+/// Numbers are formatted with `%d` because Lua would print a large one in exponent notation.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- KEYS: entry, counter. ARGV: expectation, value, ttl ms (0 = none), keep, then channel and key when announcing
-local current = redis.call('HMGET', KEYS[1], 'ver', 'exp')
-local found = current[1]
+local found = redis.call('HGET', KEYS[1], 'ver')
 local expected = ARGV[1]
 if (expected == '-' and found) or (expected ~= '' and expected ~= '-' and found ~= expected) then
   return '!' .. (found or '')
 end
 local version = string.format('%d', redis.call('INCR', KEYS[2]))
 local expires = '0'
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  local now = redis.call('TIME')
-  local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
-  local kept = ARGV[4] == '1' and found and (tonumber(current[2]) or 0)
-  if kept and (kept == 0 or kept > at) then at = kept end
-  expires = string.format('%d', at)
-end
-redis.call('HSET', KEYS[1], 'val', ARGV[2], 'ver', version, 'exp', expires)
-if expires == '0' then
+if ARGV[3] == '0' then
   redis.call('PERSIST', KEYS[1])
 else
-  redis.call('PEXPIREAT', KEYS[1], expires)
+  if not found then
+    redis.call('HSET', KEYS[1], 'ver', version)
+  end
+  if ARGV[4] == '1' and found then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3], 'GT')
+  else
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  expires = string.format('%d', math.max(redis.call('PEXPIRETIME', KEYS[1]), 0))
 end
+redis.call('HSET', KEYS[1], 'val', ARGV[2], 'ver', version, 'exp', expires)
 if ARGV[5] then
   redis.call('PUBLISH', ARGV[5], 'p:' .. version .. ':' .. ARGV[6])
 end
@@ -141,19 +143,16 @@ static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- KEYS: entry. ARGV: ttl ms
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
-local now = redis.call('TIME')
-local expires = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1]))
-redis.call('HSET', KEYS[1], 'exp', expires)
-redis.call('PEXPIREAT', KEYS[1], expires)
+redis.call('HSET', KEYS[1], 'exp', string.format('%d', redis.call('PEXPIRETIME', KEYS[1])))
 return 1
 ",
     )
 });
 
-/// A store in a Redis server (6 or later), shared by every replica that opens the same
+/// A store in a Redis server (7 or later), shared by every replica that opens the same
 /// URL and namespace.
 ///
 /// Clones share one multiplexed connection, which reconnects by itself after an outage:
