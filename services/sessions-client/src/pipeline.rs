@@ -167,6 +167,10 @@ where
                 call = self.incoming.recv() => {
                     let Some(call) = call else { return };
                     self.unsent.push_back(call);
+                    // The caller that woke this task is often one of many woken by the same
+                    // batch of replies. Letting the others run first puts their calls into
+                    // this batch instead of sending each in a message of its own.
+                    tokio::task::yield_now().await;
                     // Should the request side be gone already, the calls stay waiting and
                     // the end of the stream decides what happens to them.
                     let _ = outbound.send(self.batch(&mut waiting));

@@ -53,6 +53,7 @@ pub struct Metrics {
     pipelined_calls: Family<CallLabels, Counter>,
     pipelined_latency: LatencyFamily,
     pipeline_streams: Gauge,
+    pipeline_messages: Counter,
 }
 
 /// Counts a Pipeline stream as open until dropped.
@@ -75,6 +76,7 @@ impl Default for Metrics {
             pipelined_calls: Family::default(),
             pipelined_latency: LatencyFamily::new_with_constructor(latency_histogram),
             pipeline_streams: Gauge::default(),
+            pipeline_messages: Counter::default(),
         }
     }
 }
@@ -109,12 +111,22 @@ impl Metrics {
             "Pipeline streams open now; a client keeps one per connection",
             self.pipeline_streams.clone(),
         );
+        registry.register(
+            "session_pipeline_messages",
+            "Messages of calls read from Pipeline streams; calls per message is how well clients batch",
+            self.pipeline_messages.clone(),
+        );
     }
 
     /// Counts a Pipeline stream as open for as long as the returned guard lives.
     pub fn stream_opened(&self) -> OpenStream {
         self.pipeline_streams.inc();
         OpenStream(self.pipeline_streams.clone())
+    }
+
+    /// Counts a message of calls read from a Pipeline stream.
+    pub fn pipeline_message(&self) {
+        self.pipeline_messages.inc();
     }
 
     /// Counts a pipelined `operation` that ended with `code` after `elapsed`.

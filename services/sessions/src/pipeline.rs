@@ -89,7 +89,10 @@ async fn read(
             }
             () = shutdown.cancelled(), if can_read => reading = false,
             batch = calls.message(), if can_read => match batch {
-                Ok(Some(batch)) => queued.extend(batch.calls),
+                Ok(Some(batch)) => {
+                    sessions.metrics().pipeline_message();
+                    queued.extend(batch.calls);
+                }
                 Ok(None) => reading = false,
                 Err(status) => {
                     tracing::debug!(%status, "session pipeline ended by the client");

@@ -15,7 +15,38 @@ on_both_backends!(
     update_returns_what_the_change_returned_and_gives_up_when_the_session_is_gone,
     the_client_carries_on_over_a_service_restart,
     a_client_spreads_its_calls_over_a_stream_per_connection,
+    calls_made_together_go_out_together,
 );
+
+async fn calls_made_together_go_out_together(backend: Backend) {
+    const CALLERS: usize = 64;
+    const ROUNDS: usize = 5;
+    const MESSAGES: &str = "ficus_session_pipeline_messages_total";
+    let harness = Harness::start(backend).await;
+    let client = harness.client();
+    let session = client.create().await.expect("created");
+    let before = harness.counter(MESSAGES).await;
+
+    // Callers of their own, as an application's request handlers are, that go again as soon
+    // as they are answered: after the first round, callers are woken together by a batch
+    // of replies.
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..CALLERS {
+        let (client, id) = (client.clone(), session.id().to_owned());
+        callers.spawn(async move {
+            for _ in 0..ROUNDS {
+                assert!(client.peek(&id).await.expect("GetSession").is_some());
+            }
+        });
+    }
+    while let Some(caller) = callers.join_next().await {
+        caller.expect("caller");
+    }
+
+    let calls = (CALLERS * ROUNDS) as u64;
+    let messages = harness.counter(MESSAGES).await - before;
+    assert!(messages <= calls / 4, "{calls} calls came in {messages} messages");
+}
 
 async fn a_client_spreads_its_calls_over_a_stream_per_connection(backend: Backend) {
     const STREAMS: &str = "ficus_session_pipeline_streams";
