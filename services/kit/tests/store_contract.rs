@@ -474,6 +474,26 @@ async fn redis_data_survives_a_server_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_stops_answering_fails_calls_fast_and_answers_again() {
+    let server = RedisServer::new();
+    let store = Store::open(&server.url(), NAMESPACE).await.unwrap();
+    let version = store.put("k", b"v".to_vec(), Expect::Absent, None).await.unwrap();
+    let mut admin = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+
+    // The connection stays up; Redis just holds every command (a stalled or overloaded
+    // server looks like this) for longer than two calls may wait, then goes on.
+    let () = ::redis::cmd("CLIENT").arg("PAUSE").arg(5000).arg("ALL").query_async(&mut admin).await.unwrap();
+    assert_unavailable("get", store.get("k")).await;
+    assert_unavailable("put", store.put("k", b"w".to_vec(), Expect::Version(version), None)).await;
+
+    // The put that timed out may still have been applied once Redis went on; either way
+    // the store answers again, on the same connection.
+    let entry = store.get("k").await.expect("get once redis answers again").expect("k is kept");
+    assert!(entry.version == version || entry.version == version + 1, "version {} after {version}", entry.version);
+    store.put("k", b"x".to_vec(), Expect::Version(entry.version), None).await.expect("put once redis answers again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_fast_and_recovers() {
     let mut server = RedisServer::new();
     let store = Store::open(&server.url(), NAMESPACE).await.unwrap();

@@ -39,7 +39,7 @@ use super::{
 /// How long to wait for a TCP (and TLS) connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long to wait for the answer to one command.
+/// How long the change feed waits for Redis to answer a subscribe or a ping.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The most one round trip may take in total, reconnecting and the one retry included.
@@ -242,9 +242,12 @@ impl RedisStore {
         // RESP3 lets the connection manager notice a dropped connection as soon as it
         // happens and reconnect before the next call, instead of failing that call.
         let resp3 = info.clone().set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3));
+        // Every command is bounded by its round trip's deadline. A timer of the connection's
+        // own per command would add nothing but its cost: a command that times out there
+        // does not make the manager reconnect either.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(None)
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY);
