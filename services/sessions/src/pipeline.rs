@@ -22,7 +22,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use crate::{error::SessionError, grpc, metrics::OpenStream, service::Sessions};
+use crate::{
+    error::SessionError,
+    grpc,
+    metrics::{OpenStream, Operation},
+    service::Sessions,
+};
 
 /// Most calls of one stream running or answered but not yet sent.
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
@@ -108,12 +113,12 @@ async fn read(
 async fn run(sessions: &Sessions, call: SessionCall, slot: OwnedSemaphorePermit) -> Answered {
     let started = Instant::now();
     let (operation, result) = match call.request {
-        Some(Call::Create(request)) => ("create", grpc::create(sessions, request).await.map(Reply::Session)),
-        Some(Call::Get(request)) => ("get", grpc::get(sessions, request).await.map(Reply::Session)),
-        Some(Call::Update(request)) => ("update", grpc::update(sessions, request).await.map(Reply::Session)),
-        Some(Call::Touch(request)) => ("touch", grpc::touch(sessions, request).await.map(Reply::Session)),
-        Some(Call::Delete(request)) => ("delete", grpc::delete(sessions, request).await.map(Reply::Deleted)),
-        None => ("unknown", Err(SessionError::invalid("request", "names no operation"))),
+        Some(Call::Create(request)) => (Operation::Create, grpc::create(sessions, request).await.map(Reply::Session)),
+        Some(Call::Get(request)) => (Operation::Get, grpc::get(sessions, request).await.map(Reply::Session)),
+        Some(Call::Update(request)) => (Operation::Update, grpc::update(sessions, request).await.map(Reply::Session)),
+        Some(Call::Touch(request)) => (Operation::Touch, grpc::touch(sessions, request).await.map(Reply::Session)),
+        Some(Call::Delete(request)) => (Operation::Delete, grpc::delete(sessions, request).await.map(Reply::Deleted)),
+        None => (Operation::Unknown, Err(SessionError::invalid("request", "names no operation"))),
     };
     let reply = result.unwrap_or_else(|error| Reply::Error(call_status(Status::from(error))));
     let code = match &reply {

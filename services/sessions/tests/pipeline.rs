@@ -161,6 +161,12 @@ async fn pipelined_calls_answer_as_their_unary_rpcs(backend: Backend) {
     assert_eq!(harness.counter(&counter("update", "ABORTED")).await, 1);
     assert_eq!(harness.counter(&counter("unknown", "INVALID_ARGUMENT")).await, 1);
     assert_eq!(harness.counter(&counter("delete", "OK")).await, 2);
+    // Timed by operation, whatever the code.
+    let timed =
+        |operation: &str| format!("ficus_session_pipeline_call_duration_seconds_count{{operation=\"{operation}\"}}");
+    assert_eq!(harness.counter(&timed("create")).await, 1);
+    assert_eq!(harness.counter(&timed("get")).await, 3);
+    assert_eq!(harness.counter(&timed("delete")).await, 2);
 }
 
 async fn a_batch_of_calls_runs_concurrently_and_each_is_answered_once(backend: Backend) {
