@@ -93,7 +93,7 @@ pub struct Metrics {
     pub updates_from_cache: Counter,
     pipelined_calls: Family<CallLabels, Counter>,
     pipelined_latency: LatencyFamily,
-    /// The OK count and latency of each [`Operation`], in [`Operation::ALL`] order.
+    /// The OK count and latency of each [`Operation`], at its discriminant.
     operations: [OperationSeries; Operation::ALL.len()],
     pipeline_streams: Gauge,
     pipeline_messages: Counter,
@@ -192,5 +192,18 @@ impl Metrics {
             self.pipelined_calls.get_or_create(&labels).inc();
         }
         series.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_series_of_its_own() {
+        // `pipelined` finds an operation's series at its discriminant.
+        for (index, operation) in Operation::ALL.into_iter().enumerate() {
+            assert_eq!(operation as usize, index, "{operation:?}");
+        }
     }
 }
