@@ -14,6 +14,7 @@ declare -A tools=(
   [prometheus]=prometheus
   [docker-compose]=docker-compose
   [etcd]=etcd-server
+  [wrk]=wrk
 )
 
 missing=()
@@ -34,4 +35,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 scripts/tools/helm.sh
+scripts/tools/podinfo.sh
 scripts/tools/kube-apiserver.sh

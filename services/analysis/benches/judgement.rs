@@ -14,6 +14,12 @@
 //! - **fixed**: Flagger's defaults: every 1 min, over the last 1 min, the canary's success
 //!   rate must be at least 99% and its p99 at most 500 ms; rollback after 5 failed checks.
 //!
+//! At 1000 req/s every row is also run on correlated traffic, the kind that fails
+//! identical releases when a test counts requests as independent: **pauses** that delay
+//! the requests arriving during them on both sides (1% of seconds, 20 to 100 ms), and
+//! **error bursts** (1% of seconds, 20% of requests fail on both sides). A row's false
+//! failures must stay at most alpha on every traffic model.
+//!
 //! Each cell simulates `FICUS_BENCH_RUNS` stages (default 200) of `FICUS_BENCH_HORIZON_S`
 //! seconds (default 1800). "FAIL runs" is the share of runs failed within the horizon (for
 //! rows without a regression, the false-failure rate); times are medians over the runs
@@ -38,7 +44,7 @@ use std::{
 use ficus_analysis::judge::{Judge, Template, default_template};
 use ficus_proto::analysis::v1::Outcome;
 use rand::{SeedableRng, rngs::SmallRng};
-use traffic::{LatencyTable, SideCounts, SideModel, Traffic, bucket_bounds, quantile_of, split};
+use traffic::{Disturbance, LatencyTable, SideCounts, SideModel, Traffic, bucket_bounds, quantile_of, split};
 
 const BASELINE_ERRORS: f64 = 0.005;
 const MEDIAN_LATENCY: f64 = 0.05;
@@ -50,6 +56,13 @@ const FIXED_INTERVAL: u64 = 60;
 const FIXED_FAILED_CHECKS: u32 = 5;
 const FIXED_MIN_SUCCESS: f64 = 0.99;
 const FIXED_MAX_P99: f64 = 0.5;
+
+/// The traffic models of the table, by label.
+const MODELS: [(&str, Disturbance); 3] = [
+    ("independent", Disturbance::None),
+    ("pauses 1% of s, 20-100 ms", Disturbance::Hiccups { share: 0.01, min: 0.02, max: 0.1 }),
+    ("error bursts 1% of s, 20%", Disturbance::ErrorBursts { share: 0.01, error_rate: 0.2 }),
+];
 
 #[derive(Clone, Copy, Debug)]
 enum Regression {
@@ -93,12 +106,14 @@ struct Tables {
     baseline: Arc<LatencyTable>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     tables: &Tables,
     template: &Template,
     rate: u64,
     weight: f64,
     regression: Regression,
+    disturbance: Disturbance,
     seed: u64,
     horizon: u64,
 ) -> RunResult {
@@ -112,7 +127,7 @@ fn run(
     };
     let baseline = SideModel { rate: baseline_rate, error_rate: BASELINE_ERRORS, latency: tables.baseline.clone() };
     let canary = SideModel { rate: canary_rate, error_rate: regression.canary_errors(), latency: canary_latency };
-    let mut traffic = Traffic::new(tables.bounds.clone(), baseline, canary);
+    let mut traffic = Traffic::new(tables.bounds.clone(), baseline, canary).disturbed(disturbance);
     let looks = u32::try_from(horizon / JUDGE_INTERVAL).unwrap_or(u32::MAX);
     let mut judge = Judge::new(template.clone(), Some(looks));
     let mut last_fixed_check: Option<SideCounts> = None;
@@ -185,18 +200,22 @@ fn main() {
         "\n{runs} runs per row, stages of {horizon} s; baseline: 0.5% errors, lognormal latency (median 50 ms, p99 ~160 ms)\n"
     );
     println!(
-        "| req/s | canary weight | regression | judge: FAIL runs | judge: median time to FAIL | fixed: FAIL runs | fixed: median time to FAIL | judge time / fixed time |"
+        "| traffic | req/s | canary weight | regression | judge: FAIL runs | judge: median time to FAIL | fixed: FAIL runs | fixed: median time to FAIL | judge time / fixed time |"
     );
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|");
     let mut cell = 0;
-    for rate in [100, 1000] {
+    let rows = MODELS.iter().flat_map(|&model| {
+        let rates: &[u64] = if model.1 == Disturbance::None { &[100, 1000] } else { &[1000] };
+        rates.iter().map(move |&rate| (model, rate))
+    });
+    for ((model, disturbance), rate) in rows {
         for weight in [0.05, 0.20] {
             for regression in regressions {
                 cell += 1;
                 let results: Vec<RunResult> = (0..runs)
                     .map(|run_index| {
                         let seed = cell * 1_000_000 + run_index;
-                        run(&tables, &template, rate, weight, regression, seed, horizon)
+                        run(&tables, &template, rate, weight, regression, disturbance, seed, horizon)
                     })
                     .collect();
                 let mut judge_times: Vec<f64> = results.iter().filter_map(|r| r.judge).map(|s| s as f64).collect();
@@ -210,7 +229,7 @@ fn main() {
                     _ => "n/a".to_owned(),
                 };
                 println!(
-                    "| {rate} | {:.0}% | {} | {} | {} | {} | {} | {ratio} |",
+                    "| {model} | {rate} | {:.0}% | {} | {} | {} | {} | {} | {ratio} |",
                     weight * 100.0,
                     regression.label(),
                     share(judge_failed, runs),

@@ -114,6 +114,28 @@ pub struct Observed {
     pub canary: Observation,
     /// What the source adds to the check's reason, e.g. which pod restarted.
     pub note: Option<String>,
+    /// The same window cut into periods of time, oldest first, when the source can: the
+    /// judge measures on them how much requests close in time move together (see
+    /// `statistics::dependence`). Empty when the source cannot; the tests then treat
+    /// requests as independent.
+    pub periods: Vec<PeriodPair>,
+}
+
+impl Observed {
+    /// Both sides, with no note and no periods.
+    pub fn new(baseline: Observation, canary: Observation) -> Self {
+        Self { baseline, canary, note: None, periods: Vec::new() }
+    }
+}
+
+/// Both sides of one period of a window: counts or histograms of the same shape as the
+/// window's, with zero samples for a side that had no requests in the period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeriodPair {
+    /// The known-good side.
+    pub baseline: Observation,
+    /// The side under test.
+    pub canary: Observation,
 }
 
 #[cfg(test)]

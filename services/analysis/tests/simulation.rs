@@ -4,7 +4,11 @@
 //!
 //! - A healthy canary (A/A) fails a run no more often than alpha, while testing every look
 //!   at alpha would fail it several times as often;
-//! - a canary with twice the baseline's error rate fails in at least 90% of runs.
+//! - a canary with twice the baseline's error rate fails in at least 90% of runs;
+//! - with pauses that delay runs of requests on both sides (1% of seconds, 20-100 ms) or
+//!   bursts of errors (1% of seconds at 20%), a healthy canary still fails no more often
+//!   than alpha, while the same judge told the requests were independent fails it far more
+//!   often; on a 1 ms service a canary 2 ms slower is still caught.
 //!
 //! Seeds are fixed, so the numbers are the same on every machine. `benches/judgement.rs`
 //! runs the same simulation over a grid of rates, weights and regressions, against a
@@ -22,7 +26,7 @@ use ficus_proto::analysis::v1::Outcome;
 use hdrhistogram::Histogram;
 use rand::{SeedableRng, rngs::SmallRng};
 use statrs::distribution::{Binomial, DiscreteCDF};
-use support::traffic::{LatencyTable, SideModel, Traffic, bucket_bounds, quantile_of, split};
+use support::traffic::{Disturbance, LatencyTable, SideModel, Traffic, bucket_bounds, quantile_of, split};
 
 const RATE: u64 = 1000;
 const WEIGHT: f64 = 0.05;
@@ -44,18 +48,37 @@ fn template() -> Template {
     Template::from_proto(&default_template(), "template").unwrap()
 }
 
+/// Pauses in 1% of seconds, 20 to 100 ms each.
+const HICCUPS: Disturbance = Disturbance::Hiccups { share: 0.01, min: 0.02, max: 0.1 };
+/// Error bursts in 1% of seconds, failing 20% of requests.
+const ERROR_BURSTS: Disturbance = Disturbance::ErrorBursts { share: 0.01, error_rate: 0.2 };
+
 /// One stage of traffic judged every 5 s; stops early once both judges failed.
 fn run(seed: u64, canary_errors: f64, table: &Arc<LatencyTable>, bounds: &Arc<Vec<f64>>) -> Run {
+    let side = |error_rate| (error_rate, table.clone());
+    disturbed_run(seed, side(BASELINE_ERRORS), side(canary_errors), Disturbance::None, bounds)
+}
+
+/// [`run`] with each side's (error rate, latency) and a disturbance; the second judge of
+/// the result is the sequential one told that requests are independent (no periods).
+fn disturbed_run(
+    seed: u64,
+    (baseline_errors, baseline_latency): (f64, Arc<LatencyTable>),
+    (canary_errors, canary_latency): (f64, Arc<LatencyTable>),
+    disturbance: Disturbance,
+    bounds: &Arc<Vec<f64>>,
+) -> Run {
     // Xoshiro256++: seeded, so reproducible, and fast enough unoptimized to simulate
     // 300 000 requests per run (ChaCha would take most of the test's time).
     let mut rng = SmallRng::seed_from_u64(seed);
     let (baseline_rate, canary_rate) = split(RATE, WEIGHT);
-    let side = |rate, error_rate| SideModel { rate, error_rate, latency: table.clone() };
-    let mut traffic =
-        Traffic::new(bounds.clone(), side(baseline_rate, BASELINE_ERRORS), side(canary_rate, canary_errors));
+    let baseline = SideModel { rate: baseline_rate, error_rate: baseline_errors, latency: baseline_latency };
+    let canary = SideModel { rate: canary_rate, error_rate: canary_errors, latency: canary_latency };
+    let mut traffic = Traffic::new(bounds.clone(), baseline, canary).disturbed(disturbance);
     let looks = (STAGE.as_secs() / INTERVAL) as u32;
     let mut sequential = Judge::new(template(), Some(looks));
-    let mut naive = Judge::new(template(), Some(1));
+    let disturbed = disturbance != Disturbance::None;
+    let mut naive = Judge::new(template(), Some(if disturbed { looks } else { 1 }));
     let mut result = Run { sequential_fail: None, naive_fail: None };
     let start = SystemTime::UNIX_EPOCH;
     while traffic.seconds < STAGE.as_secs() && (result.sequential_fail.is_none() || result.naive_fail.is_none()) {
@@ -63,10 +86,15 @@ fn run(seed: u64, canary_errors: f64, table: &Arc<LatencyTable>, bounds: &Arc<Ve
         if !traffic.seconds.is_multiple_of(INTERVAL) {
             continue;
         }
-        let observed = traffic.default_observations();
+        let mut observed = traffic.default_observations();
         let now = start + Duration::from_secs(traffic.seconds);
         if result.sequential_fail.is_none() && sequential.judge(&observed, now).outcome() == Outcome::Fail {
             result.sequential_fail = Some(traffic.seconds);
+        }
+        if disturbed {
+            for observed in observed.iter_mut().flatten() {
+                observed.periods.clear();
+            }
         }
         if result.naive_fail.is_none() && naive.judge(&observed, now).outcome() == Outcome::Fail {
             result.naive_fail = Some(traffic.seconds);
@@ -153,4 +181,76 @@ fn simulated_buckets_are_the_ones_traffic_reports() {
         assert!(bounds.binary_search_by(|probe| probe.total_cmp(&bound)).is_ok(), "{bound} is not a simulated bound");
     }
     assert!(bounds.windows(2).all(|pair| pair[0] < pair[1]));
+}
+
+/// Runs `runs` disturbed stages of a healthy canary and returns (failed by the judge,
+/// failed by the judge told that requests are independent).
+fn disturbed_false_failures(
+    what: &str,
+    disturbance: Disturbance,
+    median: f64,
+    first_seed: u64,
+    runs: u64,
+) -> (u64, u64) {
+    let bounds = Arc::new(bucket_bounds());
+    let table = Arc::new(LatencyTable::lognormal(&bounds, median, LATENCY_SIGMA));
+    let side = || (BASELINE_ERRORS, table.clone());
+    let results: Vec<Run> =
+        (0..runs).map(|seed| disturbed_run(first_seed + seed, side(), side(), disturbance, &bounds)).collect();
+    let judged = results.iter().filter(|run| run.sequential_fail.is_some()).count() as u64;
+    let independent = results.iter().filter(|run| run.naive_fail.is_some()).count() as u64;
+    println!(
+        "{what}, {runs} runs of {} s: failed {judged} ({:.1}%), {independent} ({:.1}%) when requests are taken as independent; alpha {}",
+        STAGE.as_secs(),
+        100.0 * judged as f64 / runs as f64,
+        100.0 * independent as f64 / runs as f64,
+        template().alpha,
+    );
+    (judged, independent)
+}
+
+#[test]
+fn latency_hiccups_on_both_sides_do_not_fail_a_healthy_canary() {
+    // A 1 ms service, where a 20-100 ms pause is far out in the tail. Pauses that hit both
+    // sides move their tails together, so the p99 comparison of tail shares holds here even
+    // when requests are taken as independent; the test pins that the periods do not make it
+    // worse.
+    let runs = 50;
+    let (judged, _) = disturbed_false_failures("A/A with pauses", HICCUPS, 0.001, 70_000, runs);
+    assert_not_above(judged, runs, template().alpha);
+}
+
+#[test]
+fn error_bursts_on_both_sides_do_not_fail_a_healthy_canary() {
+    let runs = 100;
+    let (judged, independent) =
+        disturbed_false_failures("A/A with error bursts", ERROR_BURSTS, MEDIAN_LATENCY, 80_000, runs);
+    assert_not_above(judged, runs, template().alpha);
+    assert!(independent >= 4 * judged.max(2), "independent {independent} vs judged {judged}");
+}
+
+#[test]
+fn two_milliseconds_more_on_a_one_millisecond_service_is_caught_despite_hiccups() {
+    let bounds = Arc::new(bucket_bounds());
+    let baseline = Arc::new(LatencyTable::lognormal(&bounds, 0.001, LATENCY_SIGMA));
+    let canary = Arc::new(LatencyTable::lognormal(&bounds, 0.003, LATENCY_SIGMA));
+    let runs = 10;
+    let mut times: Vec<f64> = (0..runs)
+        .filter_map(|seed| {
+            let run = disturbed_run(
+                90_000 + seed,
+                (BASELINE_ERRORS, baseline.clone()),
+                (BASELINE_ERRORS, canary.clone()),
+                HICCUPS,
+                &bounds,
+            );
+            run.sequential_fail.map(|seconds| seconds as f64)
+        })
+        .collect();
+    let detected = times.len();
+    println!(
+        "A/B, +2 ms on a 1 ms service with pauses: detected in {detected} of {runs} runs, median {} s",
+        quantile_of(&mut times, 0.5)
+    );
+    assert_eq!(detected, runs as usize);
 }

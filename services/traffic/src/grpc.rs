@@ -15,6 +15,10 @@ use crate::{adapters::kubernetes::Ledger, registry::Registry, stats::Stats, tabl
 /// Window of `GetTrafficStats` when the request names none.
 const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
 
+/// Most periods one `GetTrafficStats` answer cuts a window into, which bounds the answer's
+/// size (each period carries a histogram) whatever the caller asks.
+const MAX_STATS_PERIODS: f64 = 300.0;
+
 /// The `TrafficControl` service.
 #[derive(Clone, Debug)]
 pub struct TrafficService {
@@ -142,6 +146,25 @@ impl TrafficControl for TrafficService {
                 .filter(|window| !window.is_zero())
                 .ok_or_else(|| status::invalid_argument("window", "must be positive"))?,
         };
-        Ok(Response::new(self.stats.snapshot(&request.route, &backends, window.min(self.retention))))
+        let window = window.min(self.retention);
+        let period = match request.period {
+            None => None,
+            Some(period) => {
+                let period = Duration::try_from(period)
+                    .ok()
+                    .filter(|period| !period.is_zero())
+                    .ok_or_else(|| status::invalid_argument("period", "must be positive"))?;
+                // Whole seconds, as the statistics keep them.
+                let periods = window.as_secs_f64().ceil() / period.as_secs_f64().ceil();
+                if periods > MAX_STATS_PERIODS {
+                    return Err(status::invalid_argument(
+                        "period",
+                        format!("cuts the window into {periods:.0} periods; at most {MAX_STATS_PERIODS} are served"),
+                    ));
+                }
+                Some(period)
+            }
+        };
+        Ok(Response::new(self.stats.snapshot(&request.route, &backends, window, period)))
     }
 }

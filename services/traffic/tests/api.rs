@@ -153,8 +153,48 @@ async fn routes_survive_a_restart() {
 }
 
 async fn stats(traffic: &mut Traffic) -> Vec<proto::BackendStats> {
-    let request = proto::GetTrafficStatsRequest { route: "checkout".into(), backends: vec![], window: None };
+    let request = proto::GetTrafficStatsRequest { route: "checkout".into(), ..Default::default() };
     traffic.api.get_traffic_stats(request).await.expect("stats").into_inner().backends
+}
+
+#[tokio::test]
+async fn stats_cut_into_periods_add_up_and_a_bad_period_is_refused_by_name() {
+    let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
+    let mut traffic = Traffic::start().await;
+    traffic.put(route("checkout", stable.addr(), canary.addr(), 5_000)).await;
+    for _ in 0..40 {
+        assert_eq!(traffic.get("/", &[]).await.status, 200);
+    }
+    let request = |period: pbjson_types::Duration, window_secs: i64| proto::GetTrafficStatsRequest {
+        route: "checkout".into(),
+        window: Some(pbjson_types::Duration { seconds: window_secs, nanos: 0 }),
+        period: Some(period),
+        ..Default::default()
+    };
+    let second = pbjson_types::Duration { seconds: 1, nanos: 0 };
+    let answer = traffic.api.get_traffic_stats(request(second, 60)).await.expect("stats").into_inner();
+    for backend in &answer.backends {
+        assert!(!backend.periods.is_empty(), "{backend:?}");
+        let requests: u64 = backend.periods.iter().map(|period| period.requests).sum();
+        assert_eq!(requests, backend.requests, "the periods add up to the window");
+        let counted: u64 = backend
+            .periods
+            .iter()
+            .flat_map(|period| period.histogram.as_ref().expect("histogram").buckets.iter())
+            .map(|bucket| bucket.count)
+            .sum();
+        assert_eq!(counted, backend.requests);
+    }
+    for (period, window, why) in [
+        (pbjson_types::Duration { seconds: 0, nanos: 0 }, 60, "zero"),
+        (pbjson_types::Duration { seconds: -1, nanos: 0 }, 60, "negative"),
+        (second, 900, "more periods than are served"),
+    ] {
+        let status = traffic.api.get_traffic_stats(request(period, window)).await.expect_err(why);
+        assert_eq!(status.code(), Code::InvalidArgument, "{why}: {status:?}");
+        assert_eq!(invalid_field(&status).as_deref(), Some("period"), "{why}: {status:?}");
+    }
+    traffic.stop().await;
 }
 
 #[tokio::test]

@@ -7,9 +7,10 @@ use ficus_proto::analysis::v1::{self as proto, Outcome};
 
 use super::template::{CheckSpec, MetricSpec, Rule};
 use crate::{
-    observation::{Observation, Observed},
+    observation::{Observation, ObservationKind, Observed, PeriodPair},
     statistics::{
         Evidence,
+        dependence::{self, DesignEffect, PeriodHistograms},
         proportion::{self, Counts},
         rank,
         sequential::{AlwaysValidP, spending_share},
@@ -109,8 +110,99 @@ impl Judged {
         Self { outcome, p_value: None, reason, tested: false }
     }
 
+    fn tested(outcome: Outcome, p: f64, reason: String) -> Self {
+        Self { outcome, p_value: Some(p), reason, tested: true }
+    }
+
     fn inconclusive(reason: String) -> Self {
         Self::plain(Outcome::Inconclusive, reason)
+    }
+}
+
+/// How much the requests behind a test move together, measured on the observation's
+/// periods (see `statistics::dependence`).
+enum Dependence {
+    /// The source gives no periods: requests are taken as independent, as the source
+    /// cannot say otherwise.
+    Unmeasured,
+    /// Measured on the periods; `None` when nothing varied in them, which leaves no
+    /// evidence to widen.
+    Measured(Option<DesignEffect>),
+}
+
+impl Dependence {
+    /// The canary's own rate, with `counts` picking each period's failures out of trials.
+    fn canary(periods: &[PeriodPair], counts: impl Fn(&Observation) -> Counts) -> Self {
+        if periods.is_empty() {
+            return Self::Unmeasured;
+        }
+        let canary: Vec<Counts> = periods.iter().map(|period| counts(&period.canary)).collect();
+        Self::Measured(dependence::rate(&canary))
+    }
+
+    /// A comparison `p_c - ratio p_b` of the rates `canary` and `baseline` pick.
+    fn compared(
+        periods: &[PeriodPair],
+        ratio: f64,
+        canary: impl Fn(&Observation) -> Counts,
+        baseline: impl Fn(&Observation) -> Counts,
+    ) -> Self {
+        if periods.is_empty() {
+            return Self::Unmeasured;
+        }
+        let pairs: Vec<(Counts, Counts)> =
+            periods.iter().map(|period| (canary(&period.canary), baseline(&period.baseline))).collect();
+        Self::Measured(dependence::rate_difference(&pairs, ratio))
+    }
+
+    /// Mann-Whitney's comparison with a relative margin.
+    fn ranked(periods: &[PeriodPair], margin: f64) -> Self {
+        if periods.is_empty() {
+            return Self::Unmeasured;
+        }
+        let pairs: Vec<PeriodHistograms<'_>> =
+            periods.iter().map(|period| (buckets(&period.canary), buckets(&period.baseline))).collect();
+        Self::Measured(dependence::rank(&pairs, margin))
+    }
+
+    /// The factor on the test's variance at `alpha`.
+    fn factor(&self, alpha: f64) -> f64 {
+        match self {
+            Self::Measured(Some(effect)) => effect.factor(alpha),
+            Self::Unmeasured | Self::Measured(None) => 1.0,
+        }
+    }
+
+    /// What the reason says of it, when it widened the test.
+    fn describe(&self, alpha: f64) -> Option<String> {
+        let Self::Measured(Some(effect)) = self else { return None };
+        if effect.periods < 2 {
+            return Some("too few periods yet to measure how requests move together".to_owned());
+        }
+        let factor = effect.factor(alpha);
+        (factor > 1.0).then(|| {
+            format!("requests move together: variance x{} over {} periods", format_number(factor), effect.periods)
+        })
+    }
+}
+
+/// A period's failures out of trials: errors of a rate, or requests slower than
+/// `latency_limit` of a histogram.
+fn period_counts(latency_limit: f64) -> impl Fn(&Observation) -> Counts {
+    move |observation| match observation {
+        Observation::Proportion { failures, trials } => Counts { failures: *failures, trials: *trials },
+        Observation::Latency { buckets, .. } => {
+            Counts { failures: count_above(buckets, latency_limit), trials: total(buckets) }
+        }
+        Observation::Value { .. } => Counts::default(),
+    }
+}
+
+/// A period's histogram; empty for other shapes.
+fn buckets(observation: &Observation) -> &[(f64, u64)] {
+    match observation {
+        Observation::Latency { buckets, .. } => buckets,
+        Observation::Proportion { .. } | Observation::Value { .. } => &[],
     }
 }
 
@@ -186,33 +278,49 @@ fn judge_observed(spec: &CheckSpec, observed: &Observed, look: &Look, state: &mu
         ));
     }
     let label = spec.metric.label();
-    match (spec.rule, baseline, canary) {
+    let periods = observed.periods.as_slice();
+    let errors = || period_counts(f64::INFINITY);
+    let (mut judged, dependence) = match (spec.rule, baseline, canary) {
         (Rule::Threshold { max, min }, _, Observation::Value { value, .. }) => {
-            threshold_value(&label, *value, max, min)
+            (threshold_value(&label, *value, max, min), Dependence::Unmeasured)
         }
         (Rule::Threshold { max, min }, _, Observation::Proportion { failures, trials }) => {
-            threshold_rate(&label, Counts { failures: *failures, trials: *trials }, max, min, look, state)
+            let canary = Counts { failures: *failures, trials: *trials };
+            let dependence = Dependence::canary(periods, errors());
+            (threshold_rate(&label, canary, max, min, look, &dependence, state), dependence)
         }
         (Rule::Threshold { max, min }, _, Observation::Latency { buckets, quantile, value }) => {
-            threshold_latency(&label, buckets, *quantile, *value, max, min, look, state)
-        }
-        (Rule::Relative { max_ratio }, Observation::Value { value: b, .. }, Observation::Value { value: c, .. }) => {
-            relative_value(&label, *b, *c, max_ratio)
+            let dependence = Dependence::canary(periods, period_counts(max.unwrap_or(f64::INFINITY)));
+            let judged = threshold_latency(&label, buckets, *quantile, *value, max, min, look, &dependence, state);
+            (judged, dependence)
         }
         (
-            Rule::Relative { max_ratio },
+            Rule::Relative { max_ratio, min_difference },
+            Observation::Value { value: b, .. },
+            Observation::Value { value: c, .. },
+        ) => (relative_value(&label, *b, *c, max_ratio, min_difference), Dependence::Unmeasured),
+        (
+            Rule::Relative { max_ratio, min_difference },
             Observation::Proportion { failures: x_b, trials: n_b },
             Observation::Proportion { failures: x_c, trials: n_c },
         ) => {
             let baseline = Counts { failures: *x_b, trials: *n_b };
             let canary = Counts { failures: *x_c, trials: *n_c };
-            relative_rate(&label, baseline, canary, max_ratio, look, state)
+            let dependence = Dependence::compared(periods, max_ratio, errors(), errors());
+            let judged = relative_rate(&label, baseline, canary, (max_ratio, min_difference), look, &dependence, state);
+            (judged, dependence)
         }
         (
-            Rule::Relative { max_ratio },
+            Rule::Relative { max_ratio, min_difference },
             Observation::Latency { buckets: b, value: q_b, .. },
             Observation::Latency { buckets: c, value: q_c, .. },
-        ) => relative_latency(&label, (b, *q_b), (c, *q_c), max_ratio, look, state),
+        ) => {
+            let limit = relative_limit(*q_b, max_ratio, min_difference);
+            let dependence = Dependence::compared(periods, 1.0, period_counts(limit), period_counts(*q_b));
+            let bounds = (max_ratio, min_difference);
+            let judged = relative_latency(&label, (b, *q_b), (c, *q_c), bounds, look, &dependence, state);
+            (judged, dependence)
+        }
         (
             Rule::Statistical { margin },
             Observation::Proportion { failures: x_b, trials: n_b },
@@ -220,26 +328,49 @@ fn judge_observed(spec: &CheckSpec, observed: &Observed, look: &Look, state: &mu
         ) => {
             let baseline = Counts { failures: *x_b, trials: *n_b };
             let canary = Counts { failures: *x_c, trials: *n_c };
-            statistical_rate(&label, baseline, canary, margin, look, state)
+            let dependence = Dependence::compared(periods, 1.0, errors(), errors());
+            (statistical_rate(&label, baseline, canary, margin, look, &dependence, state), dependence)
         }
         (
             Rule::Statistical { margin },
             Observation::Latency { buckets: b, .. },
             Observation::Latency { buckets: c, .. },
-        ) => statistical_latency(b, c, margin, look, state),
-        (Rule::Statistical { .. }, _, _) => Judged::inconclusive(
-            "the source returned plain values; a statistical rule needs counts or a histogram".to_owned(),
+        ) => {
+            let dependence = Dependence::ranked(periods, margin);
+            (statistical_latency(b, c, margin, look, &dependence, state), dependence)
+        }
+        (Rule::Statistical { .. }, _, _) => (
+            Judged::inconclusive(
+                "the source returned plain values; a statistical rule needs counts or a histogram".to_owned(),
+            ),
+            Dependence::Unmeasured,
         ),
         // Shapes already match; this is unreachable by the guard above but answers safely.
-        (Rule::Relative { .. }, _, _) => {
-            Judged::inconclusive("baseline and canary observations have different shapes".to_owned())
-        }
+        (Rule::Relative { .. }, _, _) => (
+            Judged::inconclusive("baseline and canary observations have different shapes".to_owned()),
+            Dependence::Unmeasured,
+        ),
+    };
+    if judged.tested
+        && let Some(note) = dependence.describe(look.alpha)
+    {
+        judged.reason = format!("{}; {note}", judged.reason);
     }
+    judged
 }
 
 /// Decides a test at this look: returns whether it is significant and the p-value compared
-/// with the look's alpha.
-fn significant(state: &mut CheckState, side: Side, evidence: &Evidence, tau: f64, look: &Look) -> (bool, f64) {
+/// with the look's alpha. The evidence's variance is first widened by how much the requests
+/// behind it move together (`dependence`, see `statistics::dependence`).
+fn significant(
+    state: &mut CheckState,
+    side: Side,
+    evidence: &Evidence,
+    tau: f64,
+    look: &Look,
+    dependence: &Dependence,
+) -> (bool, f64) {
+    let evidence = &evidence.widened(dependence.factor(look.alpha));
     let p = match look.mode {
         Mode::OneShot => evidence.p_value,
         Mode::Cumulative => {
@@ -296,6 +427,7 @@ fn threshold_rate(
     max: Option<f64>,
     min: Option<f64>,
     look: &Look,
+    dependence: &Dependence,
     state: &mut CheckState,
 ) -> Judged {
     let rate = canary.rate();
@@ -305,7 +437,7 @@ fn threshold_rate(
         let Some(evidence) = proportion::above_bound(canary, max) else {
             return Judged::inconclusive("no trials to test".to_owned());
         };
-        let (fail, p) = significant(state, Side::Upper, &evidence, rate_scale(max), look);
+        let (fail, p) = significant(state, Side::Upper, &evidence, rate_scale(max), look, dependence);
         if fail {
             let reason =
                 format!("canary {label} {shown} is significantly above {} (p = {})", format_percent(max), format_p(p));
@@ -325,7 +457,7 @@ fn threshold_rate(
         let Some(evidence) = proportion::below_bound(canary, min) else {
             return Judged::inconclusive("no trials to test".to_owned());
         };
-        let (fail, p) = significant(state, Side::Lower, &evidence, rate_scale(min), look);
+        let (fail, p) = significant(state, Side::Lower, &evidence, rate_scale(min), look, dependence);
         if fail {
             let reason =
                 format!("canary {label} {shown} is significantly below {} (p = {})", format_percent(min), format_p(p));
@@ -359,6 +491,7 @@ fn threshold_latency(
     max: Option<f64>,
     min: Option<f64>,
     look: &Look,
+    dependence: &Dependence,
     state: &mut CheckState,
 ) -> Judged {
     let shown = format_seconds(value);
@@ -374,7 +507,7 @@ fn threshold_latency(
     let Some(evidence) = proportion::above_bound(slower, allowed) else {
         return Judged::inconclusive("no requests to test".to_owned());
     };
-    let (fail, p) = significant(state, Side::Upper, &evidence, rate_scale(allowed), look);
+    let (fail, p) = significant(state, Side::Upper, &evidence, rate_scale(allowed), look, dependence);
     let share = format!(
         "{} of requests slower than {}, {} allowed",
         format_percent(slower.rate()),
@@ -405,13 +538,44 @@ fn threshold_latency(
     Judged { outcome, p_value: Some(p), reason, tested: true }
 }
 
-fn relative_value(label: &str, baseline: f64, canary: f64, ratio: f64) -> Judged {
-    let limit = ratio * baseline;
-    let shown = format!("canary {label} {} vs baseline {}", format_number(canary), format_number(baseline));
-    if canary > limit {
-        Judged::plain(Outcome::Fail, format!("{shown}: above {} x baseline", format_number(ratio)))
+/// The most a relative rule lets the canary's value be: `ratio` times the baseline's, or
+/// the practical floor above it, whichever is more.
+fn relative_limit(baseline: f64, ratio: f64, min_difference: f64) -> f64 {
+    (ratio * baseline).max(baseline + min_difference)
+}
+
+/// How a relative rule's bound reads, e.g. `1.5 x baseline` or `baseline + 1 ms`: the
+/// part of `max(ratio x baseline, baseline + floor)` that binds at this baseline.
+fn relative_bound(baseline: f64, ratio: f64, min_difference: f64, unit: fn(f64) -> String) -> String {
+    if baseline + min_difference > ratio * baseline {
+        format!("baseline + {}", unit(min_difference))
     } else {
-        Judged::plain(Outcome::Pass, format!("{shown}: within {} x baseline", format_number(ratio)))
+        format!("{} x baseline", format_number(ratio))
+    }
+}
+
+/// The effect size a verdict shows: how far the canary is from the baseline, absolutely
+/// and as a ratio.
+fn effect_size(baseline: f64, canary: f64, unit: fn(f64) -> String) -> String {
+    let difference = canary - baseline;
+    let sign = if difference < 0.0 { "-" } else { "+" };
+    let ratio = if baseline > 0.0 { format!(", x{}", format_number(canary / baseline)) } else { String::new() };
+    format!("{sign}{}{ratio}", unit(difference.abs()))
+}
+
+fn relative_value(label: &str, baseline: f64, canary: f64, ratio: f64, min_difference: f64) -> Judged {
+    let limit = relative_limit(baseline, ratio, min_difference);
+    let bound = relative_bound(baseline, ratio, min_difference, format_number);
+    let shown = format!(
+        "canary {label} {} vs baseline {} ({})",
+        format_number(canary),
+        format_number(baseline),
+        effect_size(baseline, canary, format_number)
+    );
+    if canary > limit {
+        Judged::plain(Outcome::Fail, format!("{shown}: above {bound}"))
+    } else {
+        Judged::plain(Outcome::Pass, format!("{shown}: within {bound}"))
     }
 }
 
@@ -419,53 +583,67 @@ fn relative_rate(
     label: &str,
     baseline: Counts,
     canary: Counts,
-    ratio: f64,
+    (ratio, min_difference): (f64, f64),
     look: &Look,
+    dependence: &Dependence,
     state: &mut CheckState,
 ) -> Judged {
-    let Some(comparison) = proportion::above_baseline(canary, baseline, ratio, 0.0) else {
+    // The null is `p_c <= max(ratio p_b, p_b + floor)`; the test takes the part that binds
+    // at the observed baseline rate, as a ratio or as a margin.
+    let floor_binds = baseline.rate() + min_difference > ratio * baseline.rate();
+    let (test_ratio, margin) = if floor_binds { (1.0, min_difference) } else { (ratio, 0.0) };
+    let Some(comparison) = proportion::above_baseline(canary, baseline, test_ratio, margin) else {
         return Judged::inconclusive("no trials to test".to_owned());
     };
-    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, rate_scale(comparison.boundary_rate), look);
-    let shown =
-        format!("canary {label} {} vs baseline {}", format_percent(canary.rate()), format_percent(baseline.rate()));
-    let within = canary.rate() <= ratio * baseline.rate();
-    let ratio = format_number(ratio);
-    let (outcome, reason) = if within {
-        (Outcome::Pass, format!("{shown}: within {ratio} x baseline"))
+    let tau = rate_scale(comparison.boundary_rate);
+    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, tau, look, dependence);
+    let (p_b, p_c) = (baseline.rate(), canary.rate());
+    let shown = format!(
+        "canary {label} {} vs baseline {} ({})",
+        format_percent(p_c),
+        format_percent(p_b),
+        effect_size(p_b, p_c, format_percent)
+    );
+    let bound = relative_bound(p_b, ratio, min_difference, format_percent);
+    let (outcome, reason) = if p_c <= relative_limit(p_b, ratio, min_difference) {
+        (Outcome::Pass, format!("{shown}: within {bound}"))
     } else if fail {
-        (Outcome::Fail, format!("{shown}: significantly above {ratio} x baseline (p = {})", format_p(p)))
+        (Outcome::Fail, format!("{shown}: significantly above {bound} (p = {})", format_p(p)))
     } else {
-        (
-            Outcome::Inconclusive,
-            format!("{shown}: above {ratio} x baseline but not significantly yet (p = {})", format_p(p)),
-        )
+        (Outcome::Inconclusive, format!("{shown}: above {bound} but not significantly yet (p = {})", format_p(p)))
     };
-    Judged { outcome, p_value: Some(p), reason, tested: true }
+    Judged::tested(outcome, p, reason)
 }
 
 fn relative_latency(
     label: &str,
     (baseline, q_b): (&[(f64, u64)], f64),
     (canary, q_c): (&[(f64, u64)], f64),
-    ratio: f64,
+    (ratio, min_difference): (f64, f64),
     look: &Look,
+    dependence: &Dependence,
     state: &mut CheckState,
 ) -> Judged {
-    let limit = ratio * q_b;
+    let limit = relative_limit(q_b, ratio, min_difference);
     // The quantile rule as a comparison of tail shares: if the canary's quantile is within
-    // `ratio` x the baseline's, the canary has no larger a share of requests above
-    // `ratio` x the baseline's quantile than the baseline has above its own quantile.
+    // the limit, the canary has no larger a share of requests above the limit than the
+    // baseline has above its own quantile.
     let canary_slow = Counts { failures: count_above(canary, limit), trials: total(canary) };
     let baseline_slow = Counts { failures: count_above(baseline, q_b), trials: total(baseline) };
     let Some(comparison) = proportion::above_baseline(canary_slow, baseline_slow, 1.0, 0.0) else {
         return Judged::inconclusive("no requests to test".to_owned());
     };
-    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, rate_scale(comparison.boundary_rate), look);
-    let shown = format!("canary {label} {} vs baseline {}", format_seconds(q_c), format_seconds(q_b));
-    let ratio_shown = format_number(ratio);
+    let tau = rate_scale(comparison.boundary_rate);
+    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, tau, look, dependence);
+    let shown = format!(
+        "canary {label} {} vs baseline {} ({})",
+        format_seconds(q_c),
+        format_seconds(q_b),
+        effect_size(q_b, q_c, format_seconds)
+    );
+    let bound = relative_bound(q_b, ratio, min_difference, format_seconds);
     let (outcome, reason) = if q_c <= limit {
-        (Outcome::Pass, format!("{shown}: within {ratio_shown} x baseline"))
+        (Outcome::Pass, format!("{shown}: within {bound}"))
     } else if fail {
         let share = format!(
             "{} of canary requests slower than {}, baseline {} above its own",
@@ -473,14 +651,11 @@ fn relative_latency(
             format_seconds(limit),
             format_percent(baseline_slow.rate())
         );
-        (Outcome::Fail, format!("{shown}: significantly above {ratio_shown} x baseline, {share} (p = {})", format_p(p)))
+        (Outcome::Fail, format!("{shown}: significantly above {bound}, {share} (p = {})", format_p(p)))
     } else {
-        (
-            Outcome::Inconclusive,
-            format!("{shown}: above {ratio_shown} x baseline but not significantly yet (p = {})", format_p(p)),
-        )
+        (Outcome::Inconclusive, format!("{shown}: above {bound} but not significantly yet (p = {})", format_p(p)))
     };
-    Judged { outcome, p_value: Some(p), reason, tested: true }
+    Judged::tested(outcome, p, reason)
 }
 
 fn statistical_rate(
@@ -489,12 +664,14 @@ fn statistical_rate(
     canary: Counts,
     margin: f64,
     look: &Look,
+    dependence: &Dependence,
     state: &mut CheckState,
 ) -> Judged {
     let Some(comparison) = proportion::above_baseline(canary, baseline, 1.0, margin) else {
         return Judged::inconclusive("no trials to test".to_owned());
     };
-    let (fail, p) = significant(state, Side::Upper, &comparison.evidence, rate_scale(comparison.boundary_rate), look);
+    let (fail, p) =
+        significant(state, Side::Upper, &comparison.evidence, rate_scale(comparison.boundary_rate), look, dependence);
     let shown =
         format!("canary {label} {} vs baseline {}", format_percent(canary.rate()), format_percent(baseline.rate()));
     let (outcome, reason) = if fail {
@@ -516,6 +693,7 @@ fn statistical_latency(
     canary: &[(f64, u64)],
     margin: f64,
     look: &Look,
+    dependence: &Dependence,
     state: &mut CheckState,
 ) -> Judged {
     let Some(test) = rank::mann_whitney_greater(canary, baseline, margin) else {
@@ -532,7 +710,7 @@ fn statistical_latency(
             Judged::inconclusive("no requests to rank".to_owned())
         };
     };
-    let (fail, p) = significant(state, Side::Upper, &test.evidence(), RANK_MIXING_SCALE, look);
+    let (fail, p) = significant(state, Side::Upper, &test.evidence(), RANK_MIXING_SCALE, look, dependence);
     let shift = format_percent(margin);
     let shown = format!("canary slower than baseline + {shift} in {} of pairs", format_percent(test.superiority));
     let (outcome, reason) = if fail {
@@ -571,7 +749,15 @@ fn rule_text(spec: &CheckSpec, look: &Look) -> String {
             };
             format!("{bound}{suffix}")
         }
-        Rule::Relative { max_ratio } => format!("canary <= {} x baseline{suffix}", format_number(max_ratio)),
+        Rule::Relative { max_ratio, min_difference } if min_difference > 0.0 => {
+            let floor = match spec.metric.observation_kind() {
+                ObservationKind::Latency => format_seconds(min_difference),
+                ObservationKind::Proportion => format_percent(min_difference),
+                ObservationKind::Value => format_number(min_difference),
+            };
+            format!("canary <= max({} x baseline, baseline + {floor}){suffix}", format_number(max_ratio))
+        }
+        Rule::Relative { max_ratio, .. } => format!("canary <= {} x baseline{suffix}", format_number(max_ratio)),
         Rule::Statistical { margin } => match spec.metric {
             MetricSpec::Latency { .. } => {
                 format!("canary latency not above baseline + {}{suffix}", format_percent(margin))

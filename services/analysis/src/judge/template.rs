@@ -120,10 +120,12 @@ pub enum Rule {
         /// Lower bound.
         min: Option<f64>,
     },
-    /// `canary <= max_ratio x baseline`.
+    /// `canary <= max(max_ratio x baseline, baseline + min_difference)`.
     Relative {
-        /// At least 0.
+        /// Above 0.
         max_ratio: f64,
+        /// At least 0, in the metric's unit.
+        min_difference: f64,
     },
     /// A one-sided test that the canary is worse than the baseline beyond `margin`.
     Statistical {
@@ -395,7 +397,14 @@ fn rule(rule: Option<&ProtoRule>, metric: MetricSpec, path: &str) -> Result<Rule
             if !(relative.max_ratio.is_finite() && relative.max_ratio > 0.0) {
                 return Err(InvalidField::new(format!("{path}.relative.max_ratio"), "must be a finite number above 0"));
             }
-            Ok(Rule::Relative { max_ratio: relative.max_ratio })
+            let min_difference = relative.min_difference.unwrap_or(0.0);
+            if !(min_difference.is_finite() && min_difference >= 0.0) {
+                return Err(InvalidField::new(
+                    format!("{path}.relative.min_difference"),
+                    "must be a finite number, at least 0",
+                ));
+            }
+            Ok(Rule::Relative { max_ratio: relative.max_ratio, min_difference })
         }
         Some(ProtoRule::Statistical(statistical)) => {
             let field = format!("{path}.statistical");
@@ -440,8 +449,16 @@ pub fn query_template(query: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The default p99 check's practical floor: a canary is never failed for a p99 less than
+/// this above the baseline's. Under load, two identical instances differ at p99 by tenths
+/// of a millisecond from scheduling alone, which a ratio on a sub-millisecond service
+/// calls a regression; 1 ms is below what users of any service notice, and above 1 ms the
+/// ratio (1.5 x) takes over.
+pub const DEFAULT_LATENCY_FLOOR: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The seed's rollback table as a template on traffic's own statistics: an error rate above
-/// 1% fails, a p99 more than 50% above the baseline's fails, and an error rate
+/// 1% fails, a p99 more than 50% (and more than [`DEFAULT_LATENCY_FLOOR`]) above the
+/// baseline's fails, and an error rate
 /// significantly above the baseline's (by more than 0.1 percentage points) fails. All three
 /// are critical.
 ///
@@ -474,7 +491,10 @@ pub fn default_template() -> proto::AnalysisTemplate {
             check(
                 "p99-latency",
                 builtin(Kind::Latency, Some(DEFAULT_QUANTILE)),
-                ProtoRule::Relative(proto::Relative { max_ratio: 1.5 }),
+                ProtoRule::Relative(proto::Relative {
+                    max_ratio: 1.5,
+                    min_difference: Some(DEFAULT_LATENCY_FLOOR.as_secs_f64()),
+                }),
                 1.0,
             ),
             check(
@@ -595,7 +615,8 @@ mod tests {
 
     #[test]
     fn builtin_kinds_and_quantiles_are_checked() {
-        let mut check = error_rate_check("a", ProtoRule::Relative(proto::Relative { max_ratio: 1.5 }));
+        let mut check =
+            error_rate_check("a", ProtoRule::Relative(proto::Relative { max_ratio: 1.5, min_difference: None }));
         check.metric =
             Some(proto::Metric { source: Some(Source::Builtin(proto::BuiltinMetric { kind: 42, quantile: None })) });
         assert_eq!(refusal(&template(vec![check.clone()])).0, "template.checks[0].metric.builtin.kind");

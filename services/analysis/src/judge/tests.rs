@@ -27,9 +27,9 @@ fn default_observed(
     latencies: (Observation, Observation),
 ) -> Vec<Result<Observed, String>> {
     vec![
-        Ok(Observed { baseline: errors.0.clone(), canary: errors.1.clone(), note: None }),
-        Ok(Observed { baseline: latencies.0, canary: latencies.1, note: None }),
-        Ok(Observed { baseline: errors.0, canary: errors.1, note: None }),
+        Ok(Observed { baseline: errors.0.clone(), canary: errors.1.clone(), note: None, periods: Vec::new() }),
+        Ok(Observed { baseline: latencies.0, canary: latencies.1, note: None, periods: Vec::new() }),
+        Ok(Observed { baseline: errors.0, canary: errors.1, note: None, periods: Vec::new() }),
     ]
 }
 
@@ -49,7 +49,7 @@ fn a_healthy_canary_passes_the_default_template() {
     assert_eq!(errors.rule, "canary error rate not above baseline + 0.1% (p < 0.0333)");
     assert_eq!((errors.baseline_samples, errors.canary_samples), (100_000, 5_000));
     assert!(errors.p_value.is_some());
-    assert_eq!(check(&verdict, "p99-latency").rule, "canary <= 1.5 x baseline (p < 0.0083)");
+    assert_eq!(check(&verdict, "p99-latency").rule, "canary <= max(1.5 x baseline, baseline + 1 ms) (p < 0.0083)");
 }
 
 #[test]
@@ -116,12 +116,13 @@ fn missing_observations_are_failed_sources() {
 fn nan_values_and_empty_histograms_do_not_panic_and_do_not_pass() {
     let empty = Observation::Latency { buckets: vec![], quantile: 0.99, value: f64::NAN };
     let observed = vec![
-        Ok(Observed { baseline: rate(0, 0), canary: rate(0, 0), note: None }),
-        Ok(Observed { baseline: empty.clone(), canary: empty, note: None }),
+        Ok(Observed { baseline: rate(0, 0), canary: rate(0, 0), note: None, periods: Vec::new() }),
+        Ok(Observed { baseline: empty.clone(), canary: empty, note: None, periods: Vec::new() }),
         Ok(Observed {
             baseline: Observation::Value { value: f64::NAN, samples: 1000 },
             canary: Observation::Value { value: 1.0, samples: 1000 },
             note: None,
+            periods: Vec::new(),
         }),
     ];
     for planned in [Some(1), None] {
@@ -201,7 +202,12 @@ fn statistical_latency_rules_use_the_relative_margin() {
         }],
         ..Default::default()
     };
-    let observed = [Ok(Observed { baseline: latency(100_000, 1.0), canary: latency(5_000, 1.2), note: None })];
+    let observed = [Ok(Observed {
+        baseline: latency(100_000, 1.0),
+        canary: latency(5_000, 1.2),
+        note: None,
+        periods: Vec::new(),
+    })];
     let judge_with = |margin| {
         Judge::new(Template::from_proto(&statistical(margin), "template").unwrap(), Some(1))
             .judge(&observed, SystemTime::now())
@@ -233,6 +239,7 @@ fn plain_values_compare_numbers() {
         baseline: Observation::Value { value: 0.0, samples: 1000 },
         canary: Observation::Value { value: 3.0, samples: 1000 },
         note: None,
+        periods: Vec::new(),
     })];
     let judge_with = |rule| {
         Judge::new(Template::from_proto(&fixed(rule), "template").unwrap(), None).judge(&observed, SystemTime::now())
@@ -242,7 +249,7 @@ fn plain_values_compare_numbers() {
     assert_eq!(threshold.checks[0].rule, "canary <= 2");
     assert_eq!(threshold.checks[0].p_value, None);
     // canary <= 1.5 x 0 does not hold for 3 restarts.
-    let relative = judge_with(ProtoRule::Relative(proto::Relative { max_ratio: 1.5 }));
+    let relative = judge_with(ProtoRule::Relative(proto::Relative { max_ratio: 1.5, min_difference: None }));
     assert_eq!(relative.checks[0].outcome(), Outcome::Fail);
     assert_eq!(relative.outcome(), Outcome::Fail);
 }
@@ -271,7 +278,8 @@ fn error_rate() -> Source {
 fn sliding_windows_spend_alpha_look_by_look() {
     let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
     // 40 vs 25 expected errors: p ≈ 0.004, enough for one look at 0.05, not for 1/61 of it.
-    let observed = [Ok(Observed { baseline: rate(500, 100_000), canary: rate(40, 5_000), note: None })];
+    let observed =
+        [Ok(Observed { baseline: rate(500, 100_000), canary: rate(40, 5_000), note: None, periods: Vec::new() })];
     let one_shot = Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now());
     assert_eq!(one_shot.outcome(), Outcome::Fail, "{one_shot:#?}");
     let mut sliding = Judge::new(template, Some(60)).with_sliding_window();
@@ -283,9 +291,9 @@ fn sliding_windows_spend_alpha_look_by_look() {
 
 #[test]
 fn relative_rules_on_rates_are_tested() {
-    let template = single(error_rate(), ProtoRule::Relative(proto::Relative { max_ratio: 1.5 }));
+    let template = single(error_rate(), ProtoRule::Relative(proto::Relative { max_ratio: 1.5, min_difference: None }));
     let judge_with = |canary| {
-        let observed = [Ok(Observed { baseline: rate(1_000, 100_000), canary, note: None })];
+        let observed = [Ok(Observed { baseline: rate(1_000, 100_000), canary, note: None, periods: Vec::new() })];
         Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
     };
     // 1.2% vs 1%: within 1.5 x.
@@ -308,7 +316,7 @@ fn a_rate_floor_fails_only_when_significantly_below() {
     });
     let template = single(success, ProtoRule::Threshold(proto::Threshold { max: None, min: Some(0.99) }));
     let judge_with = |canary| {
-        let observed = [Ok(Observed { baseline: rate(9_950, 10_000), canary, note: None })];
+        let observed = [Ok(Observed { baseline: rate(9_950, 10_000), canary, note: None, periods: Vec::new() })];
         Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
     };
     assert_eq!(judge_with(rate(995, 1_000)).outcome(), Outcome::Pass);
@@ -320,7 +328,7 @@ fn a_rate_floor_fails_only_when_significantly_below() {
 fn an_observation_of_the_wrong_shape_is_inconclusive() {
     let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
     let value = |value| Observation::Value { value, samples: 1_000 };
-    let observed = [Ok(Observed { baseline: value(0.0), canary: value(1.0), note: None })];
+    let observed = [Ok(Observed { baseline: value(0.0), canary: value(1.0), note: None, periods: Vec::new() })];
     let verdict = Judge::new(template, None).judge(&observed, SystemTime::now());
     assert_eq!(verdict.checks[0].outcome(), Outcome::Inconclusive, "{verdict:#?}");
 }

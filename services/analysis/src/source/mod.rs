@@ -49,6 +49,7 @@ impl Sources {
                     baseline: Observation::Value { value: fixed.baseline, samples: fixed.samples },
                     canary: Observation::Value { value: fixed.canary, samples: fixed.samples },
                     note: None,
+                    periods: Vec::new(),
                 }),
                 (Some(Source::PodHealth(metric)), _) => match &self.pods {
                     Some(pods) => pods.observe(metric).await,

@@ -86,6 +86,7 @@ impl PodSource {
             baseline: Observation::Value { value: 0.0, samples },
             canary: Observation::Value { value, samples },
             note,
+            periods: Vec::new(),
         })
     }
 

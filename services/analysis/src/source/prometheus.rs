@@ -81,6 +81,7 @@ impl PrometheusSource {
             baseline: self.side(metric, &target.route, &target.baseline, window).await?,
             canary: self.side(metric, &target.route, &target.canary, window).await?,
             note: None,
+            periods: Vec::new(),
         })
     }
 

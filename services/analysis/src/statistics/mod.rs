@@ -9,12 +9,15 @@
 //! - [`proportion`]: failure rates, one sample against a bound or canary against baseline
 //!   (exact for small counts, normal with continuity correction for large ones);
 //! - [`rank`]: Mann-Whitney U on two latency histograms, with a relative shift margin;
+//! - [`dependence`]: how much requests close in time move together, measured per period
+//!   on the run's own traffic, as a factor on a test's variance;
 //! - [`sequential`]: the mixture sequential probability ratio test (mSPRT) and its
 //!   always-valid p-value, plus alpha spending for windows that slide.
 //!
 //! Every function returns `None` rather than panicking when its input has no answer
 //! (no trials, empty histograms, NaN): the judge turns that into INCONCLUSIVE.
 
+pub mod dependence;
 pub mod proportion;
 pub mod rank;
 pub mod sequential;
@@ -38,6 +41,27 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// The same evidence with its variance multiplied by `factor` (a design effect, at
+    /// least 1), and this look's p-value at least the normal tail of the widened test, so
+    /// that dependence between requests weakens the one-look test as well as the
+    /// sequential one. A factor of 1 or less, or NaN, changes nothing; an infinite one
+    /// leaves no evidence.
+    pub fn widened(self, factor: f64) -> Evidence {
+        // Also catches NaN.
+        if factor.is_nan() || factor <= 1.0 {
+            return self;
+        }
+        let variance = self.variance * factor;
+        let z = if variance > 0.0 && variance.is_finite() {
+            (self.excess - self.correction) / variance.sqrt()
+        } else if factor.is_infinite() {
+            f64::NEG_INFINITY
+        } else {
+            return self;
+        };
+        Evidence { variance, p_value: self.p_value.max(probability(normal_sf(z))), ..self }
+    }
+
     /// The excess in standard errors; 0 when the variance is 0 and the excess is not
     /// positive, infinite when it is.
     pub fn z(&self) -> f64 {

@@ -42,7 +42,7 @@ use super::{Evidence, normal_sf, probability};
 pub const EXACT_BELOW_EXPECTED_CELL: f64 = 50.0;
 
 /// Failures out of trials.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Trials that failed.
     pub failures: u64,
@@ -54,6 +54,14 @@ impl Counts {
     /// `failures` out of `trials`; `None` when there are more failures than trials.
     pub fn new(failures: u64, trials: u64) -> Option<Self> {
         (failures <= trials).then_some(Self { failures, trials })
+    }
+
+    /// Both counts added up, saturating.
+    pub fn plus(&self, other: &Counts) -> Counts {
+        Counts {
+            failures: self.failures.saturating_add(other.failures),
+            trials: self.trials.saturating_add(other.trials),
+        }
     }
 
     /// The observed failure rate; NaN without trials.

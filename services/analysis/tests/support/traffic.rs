@@ -3,14 +3,21 @@
 //! lognormal latencies bucketed exactly as traffic buckets them (an HDR histogram of 1 µs
 //! to 60 s with two significant digits, reported as bucket upper bounds in seconds).
 //!
+//! Requests are independent unless a [`Disturbance`] says otherwise: real traffic has
+//! pauses that delay a run of consecutive requests on both sides (a scheduler hiccup, a
+//! garbage collection) and errors that come in bursts (a dependency that blips). Each side's
+//! share of a disturbance is drawn request by request, so it differs from look to look as
+//! it does behind a real proxy. The observations carry the window cut into periods the way
+//! the builtin source asks traffic for them.
+//!
 //! Shared by `tests/simulation.rs` and `benches/judgement.rs` (through `#[path]`), so both
 //! judge the same kind of traffic.
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
-use ficus_analysis::observation::{Observation, Observed};
+use ficus_analysis::observation::{Observation, Observed, PeriodPair};
 use hdrhistogram::Histogram;
 use rand::{Rng, RngCore};
 use statrs::distribution::{ContinuousCDF, Normal};
@@ -63,6 +70,50 @@ impl LatencyTable {
     fn draw(&self, bits: u64) -> usize {
         usize::from(self.cells[(bits & ((1 << TABLE_BITS) - 1)) as usize])
     }
+}
+
+/// Periods a window is cut into at most, as the builtin source asks traffic for them.
+const TARGET_PERIODS: u64 = 30;
+
+/// What disturbs both sides alike, now and then.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Disturbance {
+    /// Independent requests.
+    None,
+    /// In `share` of the seconds, a pause of `min` to `max` seconds (uniform) delays every
+    /// request that arrives during it by the rest of the pause.
+    Hiccups {
+        /// Share of seconds with a pause.
+        share: f64,
+        /// Shortest pause, seconds.
+        min: f64,
+        /// Longest pause, seconds.
+        max: f64,
+    },
+    /// In `share` of the seconds, every request fails with probability `error_rate`.
+    ErrorBursts {
+        /// Share of seconds with a burst.
+        share: f64,
+        /// Error rate during a burst.
+        error_rate: f64,
+    },
+}
+
+/// What the disturbance does in one second, drawn once for both sides.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    Calm,
+    Pause(f64),
+    Burst(f64),
+}
+
+/// One side's requests of one second.
+#[derive(Clone, Debug, Default)]
+struct SecondCounts {
+    requests: u64,
+    errors: u64,
+    /// (bucket index, count), any order.
+    buckets: Vec<(usize, u64)>,
 }
 
 /// What one side of a scenario looks like.
@@ -145,6 +196,9 @@ pub struct Traffic {
     bounds: Arc<Vec<f64>>,
     baseline_model: SideModel,
     canary_model: SideModel,
+    disturbance: Disturbance,
+    /// Every second so far, (baseline, canary).
+    history: Vec<(SecondCounts, SecondCounts)>,
     /// Counts since the start.
     pub baseline: SideCounts,
     /// Counts since the start.
@@ -161,10 +215,18 @@ impl Traffic {
             bounds,
             baseline_model: baseline,
             canary_model: canary,
+            disturbance: Disturbance::None,
+            history: Vec::new(),
             baseline: SideCounts::new(buckets),
             canary: SideCounts::new(buckets),
             seconds: 0,
         }
+    }
+
+    /// The same traffic, disturbed now and then.
+    pub fn disturbed(mut self, disturbance: Disturbance) -> Self {
+        self.disturbance = disturbance;
+        self
     }
 
     /// The bucket bounds.
@@ -174,35 +236,105 @@ impl Traffic {
 
     /// Simulates one more second.
     pub fn second(&mut self, rng: &mut impl RngCore) {
-        serve(&self.baseline_model, &mut self.baseline, rng);
-        serve(&self.canary_model, &mut self.canary, rng);
+        let moment = match self.disturbance {
+            Disturbance::None => Moment::Calm,
+            Disturbance::Hiccups { share, min, max } if rng.random::<f64>() < share => {
+                Moment::Pause(min + (max - min) * rng.random::<f64>())
+            }
+            Disturbance::ErrorBursts { share, error_rate } if rng.random::<f64>() < share => Moment::Burst(error_rate),
+            Disturbance::Hiccups { .. } | Disturbance::ErrorBursts { .. } => Moment::Calm,
+        };
+        let baseline = serve(&self.baseline_model, &mut self.baseline, moment, &self.bounds, rng);
+        let canary = serve(&self.canary_model, &mut self.canary, moment, &self.bounds, rng);
+        self.history.push((baseline, canary));
         self.seconds += 1;
     }
 
     /// Observations for the default template's checks (error rate, p99 latency, error rate
-    /// again) over everything since the start.
+    /// again) over everything since the start, with the periods the builtin source asks
+    /// traffic for.
     pub fn default_observations(&self) -> Vec<Result<Observed, String>> {
-        let errors = Observed { baseline: self.baseline.errors(), canary: self.canary.errors(), note: None };
+        let (error_periods, latency_periods) = self.periods();
+        let errors = Observed {
+            baseline: self.baseline.errors(),
+            canary: self.canary.errors(),
+            note: None,
+            periods: error_periods,
+        };
         let latency = Observed {
             baseline: self.baseline.latency(&self.bounds, 0.99),
             canary: self.canary.latency(&self.bounds, 0.99),
             note: None,
+            periods: latency_periods,
         };
         vec![Ok(errors.clone()), Ok(latency), Ok(errors)]
     }
+
+    /// The seconds so far cut into at most [`TARGET_PERIODS`] periods of whole seconds, as
+    /// error-rate and as latency observations.
+    fn periods(&self) -> (Vec<PeriodPair>, Vec<PeriodPair>) {
+        let length = (self.history.len() as u64).div_ceil(TARGET_PERIODS).max(1) as usize;
+        let mut errors = Vec::new();
+        let mut latencies = Vec::new();
+        for chunk in self.history.chunks(length) {
+            let side = |pick: fn(&(SecondCounts, SecondCounts)) -> &SecondCounts| {
+                let mut buckets: BTreeMap<usize, u64> = BTreeMap::new();
+                let (mut requests, mut failed) = (0, 0);
+                for second in chunk {
+                    let second = pick(second);
+                    requests += second.requests;
+                    failed += second.errors;
+                    for &(bucket, count) in &second.buckets {
+                        *buckets.entry(bucket).or_default() += count;
+                    }
+                }
+                let histogram: Vec<(f64, u64)> =
+                    buckets.into_iter().map(|(bucket, count)| (self.bounds[bucket], count)).collect();
+                (Observation::Proportion { failures: failed, trials: requests }, histogram)
+            };
+            let (baseline_errors, baseline_buckets) = side(|second| &second.0);
+            let (canary_errors, canary_buckets) = side(|second| &second.1);
+            errors.push(PeriodPair { baseline: baseline_errors, canary: canary_errors });
+            let latency = |buckets| Observation::Latency { buckets, quantile: 0.99, value: f64::NAN };
+            latencies.push(PeriodPair { baseline: latency(baseline_buckets), canary: latency(canary_buckets) });
+        }
+        (errors, latencies)
+    }
 }
 
-fn serve(model: &SideModel, counts: &mut SideCounts, rng: &mut impl RngCore) {
+fn serve(
+    model: &SideModel,
+    counts: &mut SideCounts,
+    moment: Moment,
+    bounds: &[f64],
+    rng: &mut impl RngCore,
+) -> SecondCounts {
+    let error_rate = match moment {
+        Moment::Burst(rate) => rate,
+        Moment::Calm | Moment::Pause(_) => model.error_rate,
+    };
+    let errors = binomial(rng, model.rate, error_rate);
     counts.requests += model.rate;
-    counts.errors += binomial(rng, model.rate, model.error_rate);
+    counts.errors += errors;
+    let mut second = BTreeMap::new();
     let mut left = model.rate;
     while left > 0 {
         // Three 20-bit draws from each 64-bit number.
         let mut bits = rng.next_u64();
         for _ in 0..left.min(3) {
-            let bucket = model.latency.draw(bits);
+            let mut bucket = model.latency.draw(bits);
             bits >>= TABLE_BITS;
+            if let Moment::Pause(pause) = moment {
+                // The request arrived during the pause with probability `pause` (of the
+                // second) and waits for the rest of it.
+                let arrived: f64 = rng.random();
+                if arrived < pause {
+                    let delayed = bounds[bucket] + (pause - arrived);
+                    bucket = bounds.partition_point(|bound| *bound < delayed).min(bounds.len() - 1);
+                }
+            }
             counts.buckets[bucket] += 1;
+            *second.entry(bucket).or_insert(0_u64) += 1;
             counts.range = Some(match counts.range {
                 None => (bucket, bucket),
                 Some((low, high)) => (low.min(bucket), high.max(bucket)),
@@ -210,6 +342,7 @@ fn serve(model: &SideModel, counts: &mut SideCounts, rng: &mut impl RngCore) {
         }
         left -= left.min(3);
     }
+    SecondCounts { requests: model.rate, errors, buckets: second.into_iter().collect() }
 }
 
 /// A binomial draw by inversion: cheap when `n p` is small, as it is per second here.

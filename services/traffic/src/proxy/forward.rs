@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use super::{ProxyBody, Worker, plain};
+use super::{ProxyBody, Worker, plain, upstream::Sent};
 use crate::{stats::Outcome, table::ActiveRoute};
 
 /// Headers that describe one hop, not the request, and so are never forwarded (RFC 9110 §7.6.1).
@@ -85,8 +85,8 @@ pub(super) async fn forward(
     let started = Instant::now();
     let sent = worker.upstreams.send(endpoint, Request::from_parts(parts, body));
     match tokio::time::timeout(config.request_timeout, sent).await {
-        Ok(Ok(response)) => {
-            recorder.record(Outcome::Status(response.status().as_u16()), started.elapsed());
+        Ok(Ok(Sent { response, handed })) => {
+            recorder.record(Outcome::Status(response.status().as_u16()), handed.elapsed());
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
@@ -138,11 +138,11 @@ fn mirror(
     tokio::spawn(async move {
         let started = Instant::now();
         match tokio::time::timeout(timeout, upstreams.send(&endpoint, request)).await {
-            Ok(Ok(response)) => {
-                let status = response.status().as_u16();
+            Ok(Ok(Sent { response, handed })) => {
+                // Timed to the response head, as the real requests are.
+                recorder.record(Outcome::Status(response.status().as_u16()), handed.elapsed());
                 // Drain so the pooled connection can be reused; the content is not wanted.
                 let _ = response.into_body().collect().await;
-                recorder.record(Outcome::Status(status), started.elapsed());
             }
             Ok(Err(_)) | Err(_) => recorder.record(Outcome::ConnectionError, started.elapsed()),
         }

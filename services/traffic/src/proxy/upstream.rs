@@ -41,6 +41,21 @@ pub(super) enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// A response head and when its request was handed to a ready connection.
+///
+/// A backend's latency is measured from `handed`, not from when the proxy chose the
+/// backend, so connection set-up is not part of it: how often a backend needs a new
+/// connection depends on its share of the traffic (a 5% side's connections idle out and
+/// its bursts outgrow its pool more often) rather than on the backend, and counting it
+/// would make the smaller side of an identical pair look slower.
+#[derive(Debug)]
+pub(super) struct Sent {
+    /// The response head; its body still streams from the connection.
+    pub(super) response: Response<Incoming>,
+    /// When the request was handed to the connection that answered it.
+    pub(super) handed: Instant,
+}
+
 /// A connection waiting for its next request.
 #[derive(Debug)]
 struct Pooled {
@@ -78,19 +93,22 @@ impl Upstreams {
     }
 
     /// Sends `request` (origin-form URI, `Host` set) to `endpoint` on a pooled connection,
-    /// or a new one.
+    /// or a new one. Returns the response head and when the request was handed to the
+    /// connection that answered it: the moment the backend's own time starts, after any
+    /// connection set-up (see `Sent`).
     pub(super) async fn send(
         &self,
         endpoint: &Authority,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Sent, UpstreamError> {
         // A pooled connection may have been closed by the backend since its last request;
         // a request it could not take is sent again on the next one, or a new one.
         while let Some(mut sender) = self.checkout(endpoint) {
+            let handed = Instant::now();
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     self.checkin(endpoint, sender);
-                    return Ok(response);
+                    return Ok(Sent { response, handed });
                 }
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) => request = unsent,
@@ -99,9 +117,10 @@ impl Upstreams {
             }
         }
         let mut sender = self.connect(endpoint).await?;
+        let handed = Instant::now();
         let response = sender.send_request(request).await?;
         self.checkin(endpoint, sender);
-        Ok(response)
+        Ok(Sent { response, handed })
     }
 
     /// A ready connection to `endpoint`, most recently used first. Closed and expired

@@ -28,6 +28,20 @@
 //!   a slow failure and leaving it out would make a failing canary look fast. So the
 //!   histogram's counts sum to `requests`.
 //!
+//! # What a latency covers
+//!
+//! The proxy measures a backend the same way whatever its share of the traffic, so that
+//! two identical backends at 5% and 95% read alike. A response's latency runs from the
+//! moment its request is handed to a ready upstream connection until the response head
+//! arrives: the backend's own time plus the round trip to it. Left out are the proxy's own
+//! work before that (reading the request, choosing the backend) and connection set-up,
+//! since how often a backend needs a new connection depends on its share (a small side's
+//! connections idle out, and its bursts outgrow its pool, more often) rather than on the
+//! backend. The proxy keeps no queue in front of a backend, so there is no pool wait to
+//! count. A request that gets no response is timed from when the backend was chosen,
+//! connecting included, since there the failure to connect is the backend's. Each proxy
+//! worker serves both sides from the same event loop, so placement weighs on them alike.
+//!
 //! # Precision
 //!
 //! Latencies are rounded up to whole microseconds and recorded in an HDR histogram of 1 µs
@@ -65,7 +79,7 @@ use prometheus_client::registry::Registry;
 
 use self::{
     export::{StatsCollector, Totals, seconds},
-    series::{CONNECTION_ERROR, HIGHEST_MICROS, SERVER_ERROR, Series, Summary, micros},
+    series::{CONNECTION_ERROR, HIGHEST_MICROS, Period, SERVER_ERROR, Series, Summary, micros},
 };
 
 /// Retention when none is configured: long enough for a rollout stage's analysis window.
@@ -180,8 +194,19 @@ impl Stats {
     /// `start` and `end` say exactly which stretch was covered. `backends` lists the backends
     /// to report, in that order, with zeros for one without requests; empty reports every
     /// backend that has a series, by name.
-    pub fn snapshot(&self, route: &str, backends: &[String], window: Duration) -> proto::TrafficStats {
-        self.snapshot_at(route, backends, window, Instant::now(), SystemTime::now())
+    ///
+    /// With a `period`, each backend's window is also cut into periods of that many whole
+    /// seconds (rounded up, at least one) on one grid shared by every backend, so that a
+    /// caller can compare the sides stretch by stretch and measure how much requests close in
+    /// time move together.
+    pub fn snapshot(
+        &self,
+        route: &str,
+        backends: &[String],
+        window: Duration,
+        period: Option<Duration>,
+    ) -> proto::TrafficStats {
+        self.snapshot_at(route, backends, window, period, Instant::now(), SystemTime::now())
     }
 
     /// [`Stats::snapshot`] as seen at `now`, which is `wall` on the wall clock.
@@ -190,10 +215,16 @@ impl Stats {
         route: &str,
         backends: &[String],
         window: Duration,
+        period: Option<Duration>,
         now: Instant,
         wall: SystemTime,
     ) -> proto::TrafficStats {
         let window_secs = whole_seconds(window).clamp(1, self.inner.retention_secs);
+        let period_secs = period.map(|period| whole_seconds(period).max(1));
+        // The wall-clock time of a moment of the monotonic clock, as of `now` = `wall`.
+        let wall_of = |instant: Instant| {
+            wall.checked_sub(now.saturating_duration_since(instant)).unwrap_or(SystemTime::UNIX_EPOCH)
+        };
         let series: Vec<(String, Option<Arc<Series>>)> = {
             let routes = self.inner.routes.read();
             let known = routes.get(route);
@@ -208,18 +239,29 @@ impl Stats {
         let backends = series
             .into_iter()
             .map(|(backend, series)| {
-                let summary = series.map_or_else(Summary::empty, |series| series.summary_at(now, window_secs));
-                backend_stats(backend, &summary)
+                let summary = series.as_ref().map_or_else(Summary::empty, |series| series.summary_at(now, window_secs));
+                let mut stats = backend_stats(backend, &summary);
+                if let (Some(period_secs), Some(series)) = (period_secs, &series) {
+                    stats.periods = series
+                        .periods_at(now, window_secs, period_secs)
+                        .iter()
+                        .map(|period| {
+                            let start =
+                                self.inner.origin + Duration::from_secs(period.index.saturating_mul(period_secs));
+                            period_stats(period, wall_of(start))
+                        })
+                        .collect();
+                }
+                stats
             })
             .collect();
 
         let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
         let first_second = (now_second + 1).saturating_sub(window_secs);
         let start = self.inner.origin + Duration::from_secs(first_second);
-        let start_wall = wall.checked_sub(now.saturating_duration_since(start)).unwrap_or(SystemTime::UNIX_EPOCH);
         proto::TrafficStats {
             route: route.to_owned(),
-            start: Some(timestamp(start_wall)),
+            start: Some(timestamp(wall_of(start))),
             end: Some(timestamp(wall)),
             backends,
         }
@@ -260,6 +302,22 @@ impl Recorder {
     }
 }
 
+/// The proto form of one period of a backend's window, which started at `start`.
+fn period_stats(period: &Period, start: SystemTime) -> proto::PeriodStats {
+    let counts = &period.counts;
+    let buckets = period
+        .buckets
+        .iter()
+        .map(|&(micros, count)| proto::HistogramBucket { upper_bound_seconds: seconds(u64::from(micros)), count })
+        .collect();
+    proto::PeriodStats {
+        start: Some(timestamp(start)),
+        requests: counts.requests(),
+        errors: counts.errors(),
+        histogram: Some(proto::Histogram { buckets }),
+    }
+}
+
 /// The proto form of one backend's summary.
 fn backend_stats(backend: String, summary: &Summary) -> proto::BackendStats {
     let counts = &summary.counts;
@@ -290,11 +348,12 @@ fn backend_stats(backend: String, summary: &Summary) -> proto::BackendStats {
     proto::BackendStats {
         backend,
         requests,
-        errors: counts.by_outcome[SERVER_ERROR] + counts.by_outcome[CONNECTION_ERROR],
+        errors: counts.errors(),
         responses_by_class,
         connection_errors: counts.by_outcome[CONNECTION_ERROR],
         latency: Some(latency),
         histogram: Some(proto::Histogram { buckets }),
+        periods: Vec::new(),
     }
 }
 

@@ -11,7 +11,7 @@
 //! the merge of a whole window.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     mem,
     sync::Arc,
     time::{Duration, Instant},
@@ -76,6 +76,11 @@ impl Counts {
     pub(super) fn requests(&self) -> u64 {
         self.by_outcome.iter().sum()
     }
+
+    /// Failed requests: `5xx` responses plus connection errors.
+    pub(super) fn errors(&self) -> u64 {
+        self.by_outcome[SERVER_ERROR] + self.by_outcome[CONNECTION_ERROR]
+    }
 }
 
 /// Counts and latency distribution of a window.
@@ -112,6 +117,44 @@ impl Summary {
                 }
             }
         }
+    }
+}
+
+/// Counts and latency buckets of one period of a window (see [`Series::periods_at`]).
+#[derive(Debug, PartialEq)]
+pub(super) struct Period {
+    /// Position on the grid of periods: the period starts at second `index * period_secs`.
+    pub(super) index: u64,
+    /// Request counts.
+    pub(super) counts: Counts,
+    /// Non-empty latency buckets as (highest equivalent microseconds, count), ascending.
+    pub(super) buckets: Vec<(u32, u64)>,
+}
+
+impl Period {
+    /// The period at `index` of `periods`, created empty when missing.
+    fn of(periods: &mut BTreeMap<u64, Period>, index: u64) -> &mut Period {
+        periods.entry(index).or_insert_with(|| Period { index, counts: Counts::default(), buckets: Vec::new() })
+    }
+
+    fn add_dense(&mut self, dense: &Histogram<u32>) {
+        self.buckets.extend(dense.iter_recorded().map(|bucket| {
+            // At most the highest trackable value, about 60 million: fits.
+            (u32::try_from(bucket.value_iterated_to()).unwrap_or(u32::MAX), u64::from(bucket.count_at_value()))
+        }));
+    }
+
+    /// Sorts the buckets and adds up the counts of equal ones, which come from different
+    /// seconds of the period.
+    fn compact(&mut self) {
+        self.buckets.sort_unstable_by_key(|&(micros, _)| micros);
+        self.buckets.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = kept.1.saturating_add(later.1);
+            }
+            same
+        });
     }
 }
 
@@ -235,24 +278,57 @@ impl Series {
     /// Counts and latencies of the `window_secs` most recent seconds up to the one holding
     /// `now` (including it).
     pub(super) fn summary_at(&self, now: Instant, window_secs: u64) -> Summary {
-        let now_second = self.second_of(now);
-        let in_window = |second: u64| second + window_secs > now_second;
         let mut summary = Summary::empty();
-        let seconds: Vec<Arc<Second>> = {
-            let live = self.live.lock();
-            if in_window(live.second) && live.counts.requests() > 0 {
-                summary.counts.merge(&live.counts);
-                summary.merge_dense(&live.latencies);
-            }
-            // Taken while `live` is held, so a rotation cannot move the live second into the
-            // ring in between and have it counted twice.
-            let closed = self.closed.lock();
-            closed.iter().rev().take_while(|second| in_window(second.second)).cloned().collect()
-        };
-        for second in &seconds {
+        let closed = self.window_at(now, window_secs, |live| {
+            summary.counts.merge(&live.counts);
+            summary.merge_dense(&live.latencies);
+        });
+        for second in &closed {
             summary.merge_second(second);
         }
         summary
+    }
+
+    /// The same window as [`Series::summary_at`], cut into periods of `period_secs` seconds
+    /// on the grid of seconds every series of one origin shares (period `i` holds seconds
+    /// `i * period_secs` to `(i + 1) * period_secs - 1`), oldest first, only periods with
+    /// requests.
+    pub(super) fn periods_at(&self, now: Instant, window_secs: u64, period_secs: u64) -> Vec<Period> {
+        let period_secs = period_secs.max(1);
+        let mut periods: BTreeMap<u64, Period> = BTreeMap::new();
+        let closed = self.window_at(now, window_secs, |live| {
+            let period = Period::of(&mut periods, live.second / period_secs);
+            period.counts.merge(&live.counts);
+            period.add_dense(&live.latencies);
+        });
+        for second in &closed {
+            let period = Period::of(&mut periods, second.second / period_secs);
+            period.counts.merge(&second.counts);
+            match &second.dense {
+                Some(dense) => period.add_dense(dense),
+                None => period.buckets.extend(second.sparse.iter().map(|&(micros, count)| (micros, u64::from(count)))),
+            }
+        }
+        let mut periods: Vec<Period> = periods.into_values().collect();
+        for period in &mut periods {
+            period.compact();
+        }
+        periods
+    }
+
+    /// Hands the live second to `live` under its lock when it lies in the window and has
+    /// requests, and returns the closed seconds in the window. Both are taken under the live
+    /// lock, so a rotation cannot move the live second into the ring in between and have it
+    /// counted twice; the closed seconds are immutable and read after the lock is released.
+    fn window_at(&self, now: Instant, window_secs: u64, live: impl FnOnce(&Live)) -> Vec<Arc<Second>> {
+        let now_second = self.second_of(now);
+        let in_window = |second: u64| second + window_secs > now_second;
+        let current = self.live.lock();
+        if in_window(current.second) && current.counts.requests() > 0 {
+            live(&current);
+        }
+        let closed = self.closed.lock();
+        closed.iter().rev().take_while(|second| in_window(second.second)).cloned().collect()
     }
 
     /// Drops closed seconds that fell out of retention by `now`. Rotation does this for a

@@ -17,7 +17,7 @@ fn at(stats: &Stats, offset: Duration) -> Instant {
 
 fn snapshot(stats: &Stats, backends: &[&str], window: Duration, now: Duration) -> proto::TrafficStats {
     let backends: Vec<String> = backends.iter().map(|b| (*b).to_owned()).collect();
-    stats.snapshot_at("shop", &backends, window, at(stats, now), UNIX_EPOCH + WALL + now)
+    stats.snapshot_at("shop", &backends, window, None, at(stats, now), UNIX_EPOCH + WALL + now)
 }
 
 fn only(stats: &proto::TrafficStats) -> &proto::BackendStats {
@@ -337,7 +337,57 @@ fn concurrent_recording_loses_no_counts() {
 fn recording_with_the_real_clock_shows_up_in_a_real_snapshot() {
     let stats = Stats::default();
     stats.recorder("shop", "stable").record(Outcome::Status(200), ms(12));
-    let got = stats.snapshot("shop", &["stable".to_owned()], Duration::from_secs(60));
+    let got = stats.snapshot("shop", &["stable".to_owned()], Duration::from_secs(60), None);
     assert_eq!(only(&got).requests, 1);
     assert!(got.start.unwrap().seconds <= got.end.unwrap().seconds);
+}
+
+#[test]
+fn periods_cut_the_window_on_one_grid_for_every_backend() {
+    let stats = Stats::default();
+    let stable = stats.recorder("shop", "stable");
+    let canary = stats.recorder("shop", "canary");
+    // Seconds 0 to 6: stable every second, canary in seconds 1 and 5; second 3 is slow.
+    for second in 0..7_u64 {
+        let when = at(&stats, Duration::from_secs(second) + ms(100));
+        let latency = if second == 3 { ms(40) } else { ms(2) };
+        stable.record_at(when, Outcome::Status(200), latency);
+        stable.record_at(when, Outcome::Status(if second == 4 { 503 } else { 200 }), latency);
+        if second == 1 || second == 5 {
+            canary.record_at(when, Outcome::Status(200), latency);
+        }
+    }
+    let backends = ["stable".to_owned(), "canary".to_owned()];
+    let now = at(&stats, Duration::from_secs(6) + ms(500));
+    // Six seconds (1 to 6) in periods of 2: grid periods [0,1] (second 1 only), [2,3], [4,5], [6].
+    let got = stats.snapshot_at(
+        "shop",
+        &backends,
+        Duration::from_secs(6),
+        Some(ms(1500)),
+        now,
+        UNIX_EPOCH + WALL + Duration::from_secs(6) + ms(500),
+    );
+    let starts = |backend: &proto::BackendStats| -> Vec<i64> {
+        backend.periods.iter().map(|period| period.start.as_ref().unwrap().seconds - WALL.as_secs() as i64).collect()
+    };
+    let (stable, canary) = (&got.backends[0], &got.backends[1]);
+    assert_eq!(starts(stable), [0, 2, 4, 6]);
+    assert_eq!(starts(canary), [0, 4], "the same grid, only periods with requests");
+    let requests: Vec<u64> = stable.periods.iter().map(|period| period.requests).collect();
+    assert_eq!(requests, [2, 4, 4, 2], "only the window's seconds of the first period count");
+    assert_eq!(requests.iter().sum::<u64>(), stable.requests);
+    let errors: Vec<u64> = stable.periods.iter().map(|period| period.errors).collect();
+    assert_eq!(errors, [0, 0, 1, 0]);
+    // The slow second's requests land in the period [2, 3], with the window's bucket bounds.
+    let window_bounds: Vec<f64> =
+        stable.histogram.as_ref().unwrap().buckets.iter().map(|bucket| bucket.upper_bound_seconds).collect();
+    let slow = &stable.periods[1].histogram.as_ref().unwrap().buckets;
+    assert_eq!(slow.len(), 2, "{slow:?}");
+    assert_eq!(slow.iter().map(|bucket| bucket.count).collect::<Vec<_>>(), [2, 2]);
+    assert!(slow.iter().all(|bucket| window_bounds.contains(&bucket.upper_bound_seconds)));
+    assert!(slow[1].upper_bound_seconds >= 0.040);
+    // Without a period, no breakdown.
+    let plain = snapshot(&stats, &["stable"], Duration::from_secs(6), Duration::from_secs(6) + ms(500));
+    assert!(only(&plain).periods.is_empty());
 }

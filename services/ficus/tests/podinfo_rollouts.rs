@@ -1,0 +1,542 @@
+//! Whole rollouts against real HTTP servers under real load: the control plane of
+//! `ficus up`, in this process, moves a route between two podinfo instances while wrk
+//! drives the embedded proxy as hard as it can and a busy thread competes for the CPU.
+//!
+//! What it proves:
+//!
+//! - A/A: two identical 1 ms services are told apart by nothing but noise, so a strangler
+//!   rollout between them must succeed, every time. A judge that treats the requests of a
+//!   loaded machine as independent samples sees the shared stalls (a descheduled proxy
+//!   worker, a busy core, a garbage collection in podinfo) as evidence and rolls back a
+//!   release that changed nothing; five rollouts in a row make that visible even when
+//!   each false failure is rare.
+//! - A/B: the same setup with a canary that is really worse, answering a third of its
+//!   requests with 400, 409 or 500, is rolled back, and the time that took is printed: a
+//!   judge made quiet enough for the A/A case must still be quick on a real regression.
+//!
+//! podinfo rather than a server written here, so that nobody chose the backend's
+//! behaviour to suit the judge; wrk rather than a client written here, so the load is
+//! what the benchmarks use. The CPU disturber stands for the neighbours a production
+//! proxy has. The tests in this file take turns (see [`ONE_AT_A_TIME`]): run side by
+//! side on a small machine they would disturb each other far more than intended.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ficus::up::{Configs, ControlPlane};
+use ficus_kit::server::ServerConfig;
+use ficus_proto::{
+    analysis::v1::Verdict,
+    planner::v1::{self as planner, Phase, planner_client::PlannerClient},
+    traffic::v1::{self as traffic, traffic_control_client::TrafficControlClient},
+};
+use ficus_testkit::{Podinfo, Wrk, grpc, route::two_backends, wait_until};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A 1 ms service: podinfo draws its delay from [min, max), so this is exactly 1 ms.
+const ONE_MS: [&str; 4] = ["--random-delay", "--random-delay-unit=ms", "--random-delay-min=1", "--random-delay-max=2"];
+
+/// The stable side's name on every route; `v1` is always started first.
+const STABLE: &str = "v1";
+
+/// The canary's name on every route.
+const CANARY: &str = "v2";
+
+/// Four stages rather than the default five, to keep five A/A rollouts within minutes;
+/// 5% is kept because a small canary next to a large baseline is where noise is worst.
+const STAGES: [f64; 4] = [5.0, 20.0, 50.0, 100.0];
+
+/// Each stage's observation window: four or five verdicts at [`ANALYSIS_INTERVAL`].
+const STAGE_WINDOW: Duration = Duration::from_secs(8);
+
+/// Time between verdicts: frequent looks are what a sequential test must withstand.
+const ANALYSIS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How many A/A rollouts must all succeed.
+const A_A_ROLLOUTS: usize = 5;
+
+/// wrk's threads and connections: more connections than the two cores can serve, so the
+/// proxy is saturated and every queueing delay the machine has shows up in the latencies.
+const WRK_THREADS: u32 = 2;
+const WRK_CONNECTIONS: u32 = 32;
+
+/// One wrk run covers warm-up and rollout and is stopped when the rollout ends; this is
+/// only its upper bound (wrk's longest), reached only by a rollout that overruns.
+const WRK_DURATION: Duration = Duration::from_secs(120);
+
+/// Requests the stable side serves before the rollout starts, so its connections, the
+/// proxy's upstream pool and podinfo's runtime are warm and the baseline has history.
+const WARM_REQUESTS: u64 = 5_000;
+
+/// How long the warm-up may take; a saturated proxy reaches [`WARM_REQUESTS`] in a second
+/// or two.
+const WARM_WITHIN: Duration = Duration::from_secs(20);
+
+/// The longest a rollout may run: four windows take 32 s, and a stage whose window ends
+/// without a passing verdict waits for one. A rollout still running then is reported with
+/// its history rather than waited for.
+const ROLLOUT_LIMIT: Duration = Duration::from_secs(90);
+
+/// How long the busy thread may spin at most, whatever happens to the test.
+const DISTURB_LIMIT: Duration = Duration::from_secs(150);
+
+/// How far back the closing traffic summary looks: longer than any rollout, so it covers
+/// the route's whole life.
+const STATS_WINDOW: Duration = Duration::from_secs(600);
+
+/// Makes the tests of this file take turns: each saturates both cores on purpose, and two
+/// at once would measure each other rather than the judge. A tokio mutex, because the
+/// tests run on separate runtimes and the guard is held across awaits.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_versions_are_promoted_every_time() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = Plane::start().await;
+    let v1 = Podinfo::start_with(&ONE_MS).await;
+    let v2 = Podinfo::start_with(&ONE_MS).await;
+    let mut ended = Vec::new();
+    // A fresh route each time: its statistics start empty, so no rollout is judged on
+    // the traffic of the one before.
+    for run in 1..=A_A_ROLLOUTS {
+        let ended_run = plane.roll_out(&format!("aa-{run}"), &v1, &v2).await;
+        println!("A/A rollout {run} of {A_A_ROLLOUTS}: {ended_run}");
+        ended.push(ended_run);
+    }
+    let failed: Vec<String> =
+        ended.iter().filter(|ended| ended.rollout.phase() != Phase::Succeeded).map(ToString::to_string).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {A_A_ROLLOUTS} A/A rollouts between identical podinfo instances did not succeed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_at_random_is_rolled_back() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = Plane::start().await;
+    let v1 = Podinfo::start_with(&ONE_MS).await;
+    let flags: Vec<&str> = ONE_MS.iter().copied().chain(["--random-error"]).collect();
+    let v2 = Podinfo::start_with(&flags).await;
+    let ended = plane.roll_out("ab-errors", &v1, &v2).await;
+    println!("A/B errors (--random-error): {ended}");
+    assert!(ended.rolled_back(), "a canary failing a ninth of its requests with 500 was not rolled back: {ended}");
+    println!("A/B errors (--random-error): detected and rolled back {} after the rollout started", ended.took_text());
+}
+
+/// The four services of `ficus up`, in this process on loopback ports, with clients of
+/// the APIs the test drives; stopped when dropped.
+struct Plane {
+    planner: PlannerClient<Channel>,
+    traffic: TrafficControlClient<Channel>,
+    proxy: SocketAddr,
+    shutdown: CancellationToken,
+    _running: ControlPlane,
+    _data: tempfile::TempDir,
+}
+
+impl Plane {
+    async fn start() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let store = |name: &str| data.path().join(name).display().to_string();
+        // The peers' addresses are placeholders: `ControlPlane::start` points planner and
+        // analysis at the services it starts.
+        let configs = Configs {
+            sessions: ficus_sessions::Config {
+                server: ServerConfig::ephemeral(),
+                store: store("sessions"),
+                ..Default::default()
+            },
+            traffic: ficus_traffic::Config::ephemeral(store("traffic")),
+            analysis: ficus_analysis::Config::ephemeral(store("analysis"), "127.0.0.1:7003"),
+            planner: ficus_planner::Config::ephemeral(store("planner"), "127.0.0.1:7003", "127.0.0.1:7002"),
+        };
+        let shutdown = CancellationToken::new();
+        let running = ControlPlane::start(configs, shutdown.clone()).await.expect("the control plane starts");
+        let proxy = running.traffic.addr(ficus_traffic::DATA_PLANE).expect("traffic serves its data plane");
+        Self {
+            planner: PlannerClient::new(grpc::channel(running.planner.grpc_addr)),
+            traffic: TrafficControlClient::new(grpc::channel(running.traffic.grpc_addr)),
+            proxy,
+            shutdown,
+            _running: running,
+            _data: data,
+        }
+    }
+
+    /// One strangler rollout from `v1` to `v2` on a new route `name`, under load and CPU
+    /// contention from before it starts until it ends; returns how it ended.
+    async fn roll_out(&self, name: &str, v1: &Podinfo, v2: &Podinfo) -> Ended {
+        self.put_route(name, v1, v2).await;
+        let load = Load::start(self.proxy, name);
+        self.warm_up(name, &load).await;
+        let disturber = Disturber::start();
+        let started = Instant::now();
+        let id = format!("{name}-rollout");
+        let request = planner::CreateRolloutRequest { spec: Some(strangler(name)), id: id.clone() };
+        let created = self.planner.clone().create_rollout(request).await.expect("the rollout is created").into_inner();
+        let watch = Watch::start(self.planner.clone(), created.id.clone(), started);
+        let rollout = self.wait_end(&created.id, &watch, started).await;
+        let spins = disturber.stop().await;
+        load.stop().await;
+        let traffic = self.traffic_summary(name).await;
+        let history = watch.history.lock().lines.clone();
+        Ended { route: name.to_owned(), took: elapsed(&rollout), rollout, history, traffic, spins }
+    }
+
+    async fn put_route(&self, name: &str, v1: &Podinfo, v2: &Podinfo) {
+        let (v1, v2) = (v1.addr().to_string(), v2.addr().to_string());
+        let mut route = two_backends(name, (STABLE, &v1), (CANARY, &v2), 0);
+        // Only wrk's requests for this route's host reach it: routes of earlier rollouts
+        // stay in the table, and each rollout is judged on its own traffic.
+        route.r#match = Some(traffic::RouteMatch { hosts: vec![host(name)], path_prefix: String::new() });
+        self.traffic
+            .clone()
+            .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
+            .await
+            .expect("the route is stored");
+    }
+
+    /// Waits until the stable side has served [`WARM_REQUESTS`] through the proxy.
+    async fn warm_up(&self, route: &str, load: &Load) {
+        wait_until(WARM_WITHIN, || {
+            let mut api = self.traffic.clone();
+            let route = route.to_owned();
+            let wrk_failed = load.wrk.is_finished();
+            async move {
+                assert!(!wrk_failed, "wrk stopped during the warm-up of route {route}");
+                let request = traffic::GetTrafficStatsRequest { route, ..Default::default() };
+                let stats = api.get_traffic_stats(request).await.ok()?.into_inner();
+                let stable = stats.backends.iter().find(|backend| backend.backend == STABLE)?;
+                (stable.requests >= WARM_REQUESTS).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// The rollout once it has ended and its whole history has been recorded, or as it is
+    /// after [`ROLLOUT_LIMIT`], so that an overrun is reported with what it went through.
+    async fn wait_end(&self, id: &str, watch: &Watch, started: Instant) -> planner::Rollout {
+        // The hard deadline only guards against a planner that stops answering.
+        wait_until(ROLLOUT_LIMIT + Duration::from_secs(30), || {
+            let mut api = self.planner.clone();
+            let id = id.to_owned();
+            let history = watch.history.clone();
+            async move {
+                let rollout = api.get_rollout(planner::GetRolloutRequest { id }).await.ok()?.into_inner();
+                let recorded = {
+                    let history = history.lock();
+                    history.version >= rollout.version || history.ended
+                };
+                let over = is_terminal(rollout.phase()) && recorded;
+                (over || started.elapsed() > ROLLOUT_LIMIT).then_some(rollout)
+            }
+        })
+        .await
+    }
+
+    /// What each side of `route` served in its whole life, for the report.
+    async fn traffic_summary(&self, route: &str) -> String {
+        let request = traffic::GetTrafficStatsRequest {
+            route: route.to_owned(),
+            window: Some(STATS_WINDOW.into()),
+            ..Default::default()
+        };
+        let stats = match self.traffic.clone().get_traffic_stats(request).await {
+            Ok(stats) => stats.into_inner(),
+            Err(status) => return format!("no traffic statistics: {status}"),
+        };
+        let mut sides: Vec<String> = stats
+            .backends
+            .iter()
+            .map(|backend| {
+                let latency = backend.latency.unwrap_or_default();
+                format!(
+                    "{} {} requests, {} errors, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+                    backend.backend,
+                    backend.requests,
+                    backend.errors,
+                    latency.p50_seconds * 1e3,
+                    latency.p99_seconds * 1e3,
+                    latency.max_seconds * 1e3,
+                )
+            })
+            .collect();
+        sides.sort();
+        sides.join("; ")
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The host name that selects route `name` in the proxy.
+fn host(name: &str) -> String {
+    format!("{name}.test")
+}
+
+/// A strangler rollout of `route` through [`STAGES`], judged with the default template.
+fn strangler(route: &str) -> planner::RolloutSpec {
+    planner::RolloutSpec {
+        route: route.to_owned(),
+        stable_backend: STABLE.to_owned(),
+        canary_backend: CANARY.to_owned(),
+        strategy: Some(planner::rollout_spec::Strategy::Strangler(planner::StranglerStrategy {
+            stages: STAGES.iter().map(|&weight| planner::Stage { weight, window: None }).collect(),
+            window: Some(STAGE_WINDOW.into()),
+        })),
+        // No template: the default one (the rollback table) is what users get.
+        analysis: Some(planner::AnalysisSpec {
+            template: None,
+            interval: Some(ANALYSIS_INTERVAL.into()),
+            stage_templates: vec![],
+        }),
+        failure_policy: planner::FailurePolicy::RollbackToPreviousStage.into(),
+        manual_gate: false,
+        scaling: None,
+    }
+}
+
+fn is_terminal(phase: Phase) -> bool {
+    matches!(phase, Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed)
+}
+
+/// From the rollout's creation to its last change, as the planner recorded them: for an
+/// ended rollout, its whole run, up to the verdict that rolled it back.
+fn elapsed(rollout: &planner::Rollout) -> Option<Duration> {
+    let nanos = |at: &pbjson_types::Timestamp| i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos);
+    let took = nanos(rollout.updated_at.as_ref()?) - nanos(rollout.created_at.as_ref()?);
+    u64::try_from(took).ok().map(Duration::from_nanos)
+}
+
+/// wrk at full rate through the proxy, for the route's host, until stopped.
+struct Load {
+    wrk: JoinHandle<()>,
+}
+
+impl Load {
+    fn start(proxy: SocketAddr, route: &str) -> Self {
+        // One run for warm-up and rollout alike: a new run would close and reopen every
+        // connection, a gap and a burst that the judge would see and a user would not.
+        let wrk = Wrk::new(format!("http://{proxy}/"))
+            .threads(WRK_THREADS)
+            .connections(WRK_CONNECTIONS)
+            .duration(WRK_DURATION)
+            .header(format!("Host: {}", host(route)));
+        Self {
+            wrk: tokio::spawn(async move {
+                wrk.run().await;
+            }),
+        }
+    }
+
+    /// Stops wrk (dropping its run kills the process) and passes on a failure it had.
+    async fn stop(self) {
+        self.wrk.abort();
+        if let Err(error) = self.wrk.await
+            && error.is_panic()
+        {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+}
+
+/// A thread that keeps one core busy with arithmetic, as a noisy neighbour would.
+struct Disturber {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Disturber {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let until = Instant::now() + DISTURB_LIMIT;
+        let thread = std::thread::spawn(move || {
+            let mut state = 1_u64;
+            let mut spins = 0_u64;
+            while !stopped.load(Ordering::Relaxed) && Instant::now() < until {
+                for _ in 0..10_000 {
+                    state = std::hint::black_box(state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+                }
+                spins += 1;
+            }
+            spins
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the thread and returns how many rounds it spun.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().expect("the disturber does not panic")).await.expect("joined")
+    }
+}
+
+/// Every state a rollout went through, as `WatchRollout` reported it.
+#[derive(Default)]
+struct History {
+    lines: Vec<String>,
+    /// The version of the latest state recorded.
+    version: u64,
+    /// The watch is over: the rollout ended, or the stream did.
+    ended: bool,
+    /// The verdict whose checks were last written out, so each verdict's are written once.
+    last_verdict: Option<(u64, i64, i32)>,
+}
+
+impl History {
+    fn record(&mut self, event: &planner::RolloutEvent, at: Duration) {
+        let Some(rollout) = &event.rollout else {
+            self.lines.push(format!("{:>6.1}s (no rollout) {}", at.as_secs_f64(), event.reason));
+            return;
+        };
+        self.version = self.version.max(rollout.version);
+        let canary = rollout.weights.get(CANARY).copied().unwrap_or(0);
+        self.lines.push(format!(
+            "{:>6.1}s {:<11} step {:>2} {CANARY}={:>3}%  {}",
+            at.as_secs_f64(),
+            rollout.phase().as_str_name(),
+            rollout.step,
+            canary / 100,
+            event.reason
+        ));
+        if let Some(verdict) = &rollout.last_verdict {
+            let key = verdict_key(verdict);
+            if self.last_verdict != Some(key) {
+                self.last_verdict = Some(key);
+                // A transition that is not the verdict's own (one the watch caught up on,
+                // or a step change) does not say what the verdict was.
+                if !event.reason.contains(&verdict.reason) {
+                    self.lines.push(format!(
+                        "          verdict {} ({:.0}): {}",
+                        verdict.outcome().as_str_name(),
+                        verdict.score,
+                        verdict.reason
+                    ));
+                }
+                self.lines.extend(verdict.checks.iter().map(|check| {
+                    format!("            {} {}: {}", check.outcome().as_str_name(), check.name, check.reason)
+                }));
+            }
+        }
+    }
+}
+
+fn verdict_key(verdict: &Verdict) -> (u64, i64, i32) {
+    let judged = verdict.judged_at.unwrap_or_default();
+    (verdict.sequence, judged.seconds, judged.nanos)
+}
+
+/// Follows a rollout's transitions into its [`History`] until it ends.
+struct Watch {
+    history: Arc<Mutex<History>>,
+    task: JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(mut api: PlannerClient<Channel>, id: String, started: Instant) -> Self {
+        let history = Arc::new(Mutex::new(History::default()));
+        let recorder = history.clone();
+        let task = tokio::spawn(async move {
+            let outcome = match api.watch_rollout(planner::WatchRolloutRequest { id }).await {
+                Ok(events) => {
+                    let mut events = events.into_inner();
+                    loop {
+                        match events.next().await {
+                            Some(Ok(event)) => {
+                                let ended = event.rollout.as_ref().is_some_and(|rollout| is_terminal(rollout.phase()));
+                                recorder.lock().record(&event, started.elapsed());
+                                if ended {
+                                    break None;
+                                }
+                            }
+                            Some(Err(status)) => break Some(format!("the watch failed: {status}")),
+                            None => break Some("the watch ended before the rollout".to_owned()),
+                        }
+                    }
+                }
+                Err(status) => Some(format!("cannot watch the rollout: {status}")),
+            };
+            let mut history = recorder.lock();
+            history.lines.extend(outcome);
+            history.ended = true;
+        });
+        Self { history, task }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How one rollout ended, with everything that explains it.
+struct Ended {
+    route: String,
+    rollout: planner::Rollout,
+    took: Option<Duration>,
+    history: Vec<String>,
+    traffic: String,
+    spins: u64,
+}
+
+impl Ended {
+    /// Whether analysis sent the canary's traffic back, or the rollout could not go on.
+    fn rolled_back(&self) -> bool {
+        matches!(self.rollout.phase(), Phase::RolledBack | Phase::Failed)
+    }
+
+    fn took_text(&self) -> String {
+        self.took.map_or_else(|| "an unknown time".to_owned(), |took| format!("{:.1} s", took.as_secs_f64()))
+    }
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "route {}: {} after {} at step {}, {CANARY}={}%: {}",
+            self.route,
+            self.rollout.phase().as_str_name(),
+            self.took_text(),
+            self.rollout.step,
+            self.rollout.weights.get(CANARY).copied().unwrap_or(0) / 100,
+            self.rollout.message
+        )?;
+        if let Some(verdict) = &self.rollout.last_verdict {
+            writeln!(
+                f,
+                "  last verdict {} ({:.0}): {}",
+                verdict.outcome().as_str_name(),
+                verdict.score,
+                verdict.reason
+            )?;
+        }
+        writeln!(f, "  traffic: {}", self.traffic)?;
+        writeln!(f, "  disturber: {} rounds of 10,000 multiplications", self.spins)?;
+        writeln!(f, "  history:")?;
+        for line in &self.history {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
