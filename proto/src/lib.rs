@@ -82,8 +82,17 @@ pub mod time {
     /// Fields whose values are `google.protobuf.Duration`s anywhere in a `RolloutSpec`, in
     /// both spellings the mapping accepts (camelCase and the proto name). People write
     /// `10m` in them; the mapping wants `600s`.
-    pub const DURATION_KEYS: &[&str] =
-        &["window", "interval", "duration", "retention", "previewWindow", "preview_window", "step"];
+    pub const DURATION_KEYS: &[&str] = &[
+        "window",
+        "interval",
+        "duration",
+        "retention",
+        "previewWindow",
+        "preview_window",
+        "step",
+        "initialDelay",
+        "initial_delay",
+    ];
 
     /// Whether `value` is already in the mapping's form: seconds with up to nine decimals and `s`.
     pub fn is_proto_duration(value: &str) -> bool {

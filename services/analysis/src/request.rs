@@ -23,6 +23,10 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest caller-chosen run id.
 const MAX_RUN_ID_LEN: usize = 128;
 
+/// Longest warm-up a run may ignore: longer than any backend takes to warm, short enough
+/// that a mistyped one is refused rather than leaving a stage unjudged for days.
+pub const MAX_INITIAL_DELAY: Duration = Duration::from_secs(3600);
+
 /// A run's validated definition.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -38,6 +42,8 @@ pub struct RunSpec {
     pub window: Option<Duration>,
     /// How long the run lasts; until stopped when unset.
     pub duration: Option<Duration>,
+    /// What the run ignores after it starts; zero when none.
+    pub initial_delay: Duration,
 }
 
 impl RunSpec {
@@ -56,6 +62,7 @@ impl RunSpec {
             interval,
             window: positive(request.window.as_ref(), "window")?,
             duration: positive(request.duration.as_ref(), "duration")?,
+            initial_delay: initial_delay(request.initial_delay.as_ref())?,
         })
     }
 
@@ -74,6 +81,7 @@ impl RunSpec {
             window: run.window,
             duration: duration.map(Into::into),
             run_id: run.id.clone(),
+            initial_delay: run.initial_delay,
         })
     }
 }
@@ -112,6 +120,16 @@ pub fn positive(duration: Option<&pbjson_types::Duration>, field: &str) -> Resul
             .map(Some)
             .ok_or_else(|| InvalidField::new(field, "must be a positive duration").into()),
     }
+}
+
+/// The warm-up of a run: positive and at most [`MAX_INITIAL_DELAY`] when set, so that
+/// adding it to the start can neither overflow nor hold a run silent for days.
+fn initial_delay(delay: Option<&pbjson_types::Duration>) -> Result<Duration, Error> {
+    let delay = positive(delay, "initial_delay")?.unwrap_or_default();
+    if delay > MAX_INITIAL_DELAY {
+        return Err(InvalidField::new("initial_delay", format!("must be at most {MAX_INITIAL_DELAY:?}")).into());
+    }
+    Ok(delay)
 }
 
 /// A caller-chosen run id: URL-safe, so it can appear in keys and paths.

@@ -111,6 +111,7 @@ impl Runs {
             last_verdict: None,
             started_at: Some(time::timestamp(started)),
             ends_at: spec.duration.map(|duration| time::timestamp(started + duration)),
+            initial_delay: (!spec.initial_delay.is_zero()).then(|| spec.initial_delay.into()),
         };
         match self.store.put(&key(&id), run.encode_to_vec(), Expect::Absent, None).await {
             Ok(_) => {}
@@ -203,7 +204,12 @@ impl Runs {
             Ok(None) => {}
             Err(error) => tracing::warn!(run = %id, %error, "cannot read the judge state; its tests start again"),
         }
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + spec.interval, spec.interval);
+        // Judging starts after the warm-up and reads only what follows it; a run resumed
+        // after a restart waits for what is left of it.
+        let judged_from = started + spec.initial_delay;
+        let warming = judged_from.duration_since(SystemTime::now()).unwrap_or_default();
+        let first = tokio::time::Instant::now() + warming + spec.interval;
+        let mut ticks = tokio::time::interval_at(first, spec.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -215,7 +221,7 @@ impl Runs {
             let now = SystemTime::now();
             let window = spec
                 .window
-                .unwrap_or_else(|| now.duration_since(started).unwrap_or_default().max(Duration::from_secs(1)));
+                .unwrap_or_else(|| now.duration_since(judged_from).unwrap_or_default().max(Duration::from_secs(1)));
             let observed = self.sources.observe(&spec.target, &spec.template_proto.checks, window).await;
             let verdict = judge.judge(&observed, now);
             // The tests' state first: if the verdict's write is lost, the state is one look

@@ -60,6 +60,7 @@ async fn a_resumed_run_continues_its_sequence() {
         window: None,
         duration: Some(Duration::from_secs(120).into()),
         run_id: "stage".into(),
+        initial_delay: None,
     };
     api.start_run(request).await.expect("run starts");
     let first = next_verdict(&api, None).await;

@@ -237,6 +237,7 @@ async fn a_run_streams_a_verdict_every_interval_until_it_ends() {
         window: None,
         duration: Some(Duration::from_secs(3).into()),
         run_id: "stage-1".into(),
+        initial_delay: None,
     };
     let run = plane.api.start_run(request.clone()).await.expect("run starts").into_inner();
     assert_eq!(run.state(), proto::RunState::Running);
@@ -262,6 +263,49 @@ async fn a_run_streams_a_verdict_every_interval_until_it_ends() {
     let finished = plane.api.get_run(proto::GetRunRequest { id: run.id.clone() }).await.expect("run").into_inner();
     assert_eq!(finished.state(), proto::RunState::Finished);
     assert_eq!(finished.last_verdict.map(|v| v.sequence), sequences.last().copied());
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_ignores_its_warm_up() {
+    let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
+    let mut plane = Plane::start(None).await;
+    plane.route(&stable, &canary).await;
+    let warm_up = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let run = plane
+        .api
+        .start_run(proto::StartRunRequest {
+            target: Some(target()),
+            template: Some(error_rate_checks()),
+            interval: Some(Duration::from_secs(1).into()),
+            initial_delay: Some(warm_up.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("run starts")
+        .into_inner();
+    assert_eq!(run.initial_delay, Some(warm_up.into()), "the run records its warm-up");
+    // Requests during the warm-up: cold connections the run must not judge.
+    plane.send(200).await;
+    let sent_within = started.elapsed();
+    let mut verdicts =
+        plane.api.watch_run(proto::WatchRunRequest { id: run.id.clone() }).await.expect("watch").into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(20), verdicts.next())
+        .await
+        .expect("a verdict after the warm-up")
+        .expect("stream open")
+        .expect("verdict");
+    assert!(started.elapsed() >= warm_up, "judged {:?} after the start, within the warm-up", started.elapsed());
+    // A window that reached back into the warm-up would hold the 200 requests.
+    assert!(
+        sent_within + Duration::from_secs(1) < warm_up,
+        "sending took {sent_within:?}, too close to the warm-up's end"
+    );
+    for check in &first.checks {
+        assert_eq!(check.baseline_samples + check.canary_samples, 0, "{check:#?}");
+    }
+    plane.api.stop_run(proto::StopRunRequest { id: run.id }).await.expect("stop");
     plane.stop().await;
 }
 
@@ -311,6 +355,15 @@ async fn bad_requests_name_the_field() {
         let status = plane.api.analyze(analyze(Some(template))).await.expect_err("bad template accepted");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert_eq!(invalid_field(&status).as_deref(), Some(field), "{status:?}");
+    }
+    for (delay, why) in [(-1, "negative"), (3_601, "over an hour"), (i64::MAX, "overflowing")] {
+        let request = proto::StartRunRequest {
+            target: Some(target()),
+            initial_delay: Some(pbjson_types::Duration { seconds: delay, nanos: 0 }),
+            ..Default::default()
+        };
+        let status = plane.api.start_run(request).await.expect_err(why);
+        assert_eq!(invalid_field(&status).as_deref(), Some("initial_delay"), "{why}: {status:?}");
     }
     let mut request = analyze(None);
     request.target = Some(proto::Target { canary: "stable".into(), ..target() });

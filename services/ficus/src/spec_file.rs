@@ -4,7 +4,7 @@
 //!
 //! The mapping writes durations as seconds (`86400s`), which nobody reads comfortably, so
 //! duration fields (`window`, `interval`, `duration`, `retention`, `previewWindow`,
-//! `step`) also take the units people write: `24h`, `30m`, `14d`, `1h30m`, `500ms`. They
+//! `step`, `initialDelay`) also take the units people write: `24h`, `30m`, `14d`, `1h30m`, `500ms`. They
 //! are rewritten to the mapping's form in the text itself, before decoding, rather than in
 //! a decoded tree, because only decoding from text keeps the line and column of every
 //! error; columns on a rewritten line are mapped back to the file as written.
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn human_durations_are_accepted_in_duration_fields_only() {
         let spec = parse(
-            "route: 24h\nstrangler:\n  stages: [{weight: 5, window: 30m}, {weight: 100, \"window\": \"1h30m\"}]\n  window: 2d # two days\nanalysis: {interval: 500ms}\n",
+            "route: 24h\nstrangler:\n  stages: [{weight: 5, window: 30m}, {weight: 100, \"window\": \"1h30m\"}]\n  window: 2d # two days\nanalysis: {interval: 500ms, initialDelay: 5s}\n",
             "spec.yaml",
         )
         .expect("valid");
@@ -234,8 +234,10 @@ mod tests {
         let windows: Vec<i64> = strangler.stages.iter().filter_map(|stage| stage.window.map(|w| w.seconds)).collect();
         assert_eq!(windows, [1_800, 5_400]);
         assert_eq!(strangler.window.map(|w| w.seconds), Some(2 * 86_400));
-        let interval = spec.analysis.and_then(|analysis| analysis.interval).expect("interval");
+        let interval = spec.analysis.as_ref().and_then(|analysis| analysis.interval).expect("interval");
         assert_eq!((interval.seconds, interval.nanos), (0, 500_000_000));
+        let warm_up = spec.analysis.and_then(|analysis| analysis.initial_delay).expect("initial delay");
+        assert_eq!(warm_up.seconds, 5);
     }
 
     #[test]

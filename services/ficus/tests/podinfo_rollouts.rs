@@ -306,6 +306,7 @@ fn strangler(route: &str) -> planner::RolloutSpec {
             template: None,
             interval: Some(ANALYSIS_INTERVAL.into()),
             stage_templates: vec![],
+            initial_delay: None,
         }),
         failure_policy: planner::FailurePolicy::RollbackToPreviousStage.into(),
         manual_gate: false,

@@ -124,6 +124,7 @@ async fn a_stage_transition_is_one_trace_across_the_services() {
             template: Some(passing),
             interval: Some(Duration::from_secs(1).into()),
             stage_templates: vec![],
+            initial_delay: None,
         }),
         ..Default::default()
     };

@@ -286,6 +286,7 @@ impl Drive {
             format!("{}-{}-{}", rollout.id, step, rollout.step_started_at.map(|t| t.seconds).unwrap_or_default());
         let template = plan.step(step).and_then(|step| step.template.clone());
         let interval = spec.analysis.as_ref().map(|analysis| analysis.interval);
+        let initial_delay = spec.analysis.as_ref().and_then(|analysis| analysis.initial_delay);
         let request = analysis::StartRunRequest {
             target: Some(analysis::Target {
                 route: spec.route.clone(),
@@ -297,6 +298,7 @@ impl Drive {
             window: None,
             duration: None,
             run_id: run_id.clone(),
+            initial_delay: initial_delay.map(Into::into),
         };
         let mut analysis = self.peers.analysis.clone();
         if let Err(status) = analysis.start_run(request).await {

@@ -48,6 +48,9 @@ pub const MAX_RETENTION: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 /// Time between analysis judgements when the spec sets none.
 pub const DEFAULT_ANALYSIS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Longest warm-up a step's analysis may ignore (the analysis service's own limit).
+pub const MAX_INITIAL_DELAY: Duration = Duration::from_secs(60 * 60);
+
 /// A validated rollout spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spec {
@@ -122,6 +125,8 @@ pub struct Analysis {
     pub template: Option<AnalysisTemplate>,
     /// Time between judgements.
     pub interval: Duration,
+    /// What each step's analysis ignores after the weight moves; none when `None`.
+    pub initial_delay: Option<Duration>,
     /// Templates by weight, `up_to` strictly rising.
     pub stage_templates: Vec<StageTemplate>,
 }
@@ -310,6 +315,11 @@ fn blue_green_settings(blue_green: &proto::BlueGreenStrategy, field: &str) -> Re
 fn analysis_settings(analysis: &proto::AnalysisSpec, field: &str) -> Result<Analysis, InvalidField> {
     let interval =
         positive(analysis.interval.as_ref(), &format!("{field}.interval"))?.unwrap_or(DEFAULT_ANALYSIS_INTERVAL);
+    let delay_field = format!("{field}.initial_delay");
+    let initial_delay = positive(analysis.initial_delay.as_ref(), &delay_field)?;
+    if initial_delay.is_some_and(|delay| delay > MAX_INITIAL_DELAY) {
+        return Err(InvalidField::new(delay_field, "at most 1 hour: a longer warm-up leaves the step unjudged"));
+    }
     let mut stage_templates: Vec<StageTemplate> = Vec::with_capacity(analysis.stage_templates.len());
     for (i, stage) in analysis.stage_templates.iter().enumerate() {
         let path = format!("{field}.stage_templates[{i}]");
@@ -329,7 +339,7 @@ fn analysis_settings(analysis: &proto::AnalysisSpec, field: &str) -> Result<Anal
             .ok_or_else(|| InvalidField::new(format!("{path}.template"), "a stage template needs its template"))?;
         stage_templates.push(StageTemplate { up_to, template });
     }
-    Ok(Analysis { template: analysis.template.clone(), interval, stage_templates })
+    Ok(Analysis { template: analysis.template.clone(), interval, initial_delay, stage_templates })
 }
 
 fn scaling_budget(scaling: &proto::Scaling, field: &str) -> Result<Scaling, InvalidField> {

@@ -176,10 +176,13 @@ impl Dependence {
     /// What the reason says of it, when it widened the test.
     fn describe(&self, alpha: f64) -> Option<String> {
         let Self::Measured(Some(effect)) = self else { return None };
-        if effect.periods < 2 {
-            return Some("too few periods yet to measure how requests move together".to_owned());
-        }
         let factor = effect.factor(alpha);
+        if effect.periods < 2 {
+            return Some(format!(
+                "one period so far, so how requests move together is not measured yet: variance x{}",
+                format_number(factor)
+            ));
+        }
         (factor > 1.0).then(|| {
             format!("requests move together: variance x{} over {} periods", format_number(factor), effect.periods)
         })

@@ -32,8 +32,11 @@
 //! is itself uncertain early in a run. The factor also carries the ratio of Student's t to
 //! the normal quantile at the check's alpha, squared: a z-test with the inflated variance
 //! then rejects no more often than a t-test with `G - 1` degrees of freedom would, about 3%
-//! more variance at 60 periods, four times as much at 3. With fewer than two periods there
-//! is no measurement, and a check that has periods to look at is INCONCLUSIVE until it does.
+//! more variance at 60 periods, four times as much at 3. With a single period there is no
+//! measurement at all; the test is then held as wide as with two periods and independent
+//! requests (about 250 times the variance at the default template's alphas), so only
+//! overwhelming evidence, such as half of a few hundred requests failing against a 1%
+//! bound, fails it.
 //!
 //! # Rank test
 //!
@@ -62,10 +65,10 @@ pub struct DesignEffect {
 
 impl DesignEffect {
     /// What a test's variance is multiplied by when it is held to `alpha`: the measured
-    /// effect, at least 1, times the small-sample factor (see the module docs). Infinite
-    /// below two periods.
+    /// effect, at least 1, times the small-sample factor (see the module docs); with one
+    /// period, the factor of two.
     pub fn factor(&self, alpha: f64) -> f64 {
-        self.measured.max(1.0) * small_sample_factor(self.periods, alpha)
+        self.measured.max(1.0) * small_sample_factor(self.periods.max(2), alpha)
     }
 }
 
@@ -335,6 +338,8 @@ mod tests {
         assert!(sixty > 1.0 && sixty < 1.1, "{sixty}");
         let effect = DesignEffect { measured: 0.5, periods: 60 };
         assert_eq!(effect.factor(0.0167), sixty, "never below independence");
+        let alone = DesignEffect { measured: 0.0, periods: 1 };
+        assert_eq!(alone.factor(0.0167), small_sample_factor(2, 0.0167), "one period is held as wide as two");
     }
 
     #[test]

@@ -370,6 +370,7 @@ async fn create(api: &mut PlannerClient<TracedChannel>, window: Duration, id: &s
             template: Some(checks()),
             interval: Some(Duration::from_secs(1).into()),
             stage_templates: vec![],
+            initial_delay: None,
         }),
         failure_policy: planner::FailurePolicy::RollbackToPreviousStage.into(),
         manual_gate: false,

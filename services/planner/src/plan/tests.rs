@@ -87,6 +87,7 @@ fn strangler_windows_are_analysed_when_the_spec_has_analysis() {
         template: Some(template("default")),
         interval: None,
         stage_templates: vec![proto::StageTemplate { up_to_weight: 20.0, template: Some(template("strict")) }],
+        initial_delay: None,
     });
     let plan = plan_of(&spec);
     assert_eq!(plan.steps()[1].description(), "observe 24h with analysis");

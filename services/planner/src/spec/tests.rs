@@ -89,6 +89,13 @@ fn refusals_name_the_field_path() {
                 .into_iter()
                 .map(|(up_to_weight, has)| proto::StageTemplate { up_to_weight, template: has.then(|| template("t")) })
                 .collect(),
+            initial_delay: None,
+        })
+    };
+    let warm_up = |seconds: i64| {
+        Some(proto::AnalysisSpec {
+            initial_delay: Some(pbjson_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
         })
     };
     let cases: Vec<(proto::RolloutSpec, &str)> = vec![
@@ -139,6 +146,9 @@ fn refusals_name_the_field_path() {
             "spec.analysis.stage_templates[1].up_to_weight",
         ),
         (with(&|s| s.analysis = analysis(None, vec![(20.0, false)])), "spec.analysis.stage_templates[0].template"),
+        (with(&|s| s.analysis = warm_up(-5)), "spec.analysis.initial_delay"),
+        (with(&|s| s.analysis = warm_up(3601)), "spec.analysis.initial_delay"),
+        (with(&|s| s.analysis = warm_up(i64::MAX)), "spec.analysis.initial_delay"),
     ];
     for (spec, field) in cases {
         assert_eq!(refused(&spec), field, "{spec:?}");
@@ -248,6 +258,7 @@ fn stage_templates_pick_the_first_that_covers_the_weight() {
             proto::StageTemplate { up_to_weight: 5.0, template: Some(template("strict")) },
             proto::StageTemplate { up_to_weight: 50.0, template: Some(template("looser")) },
         ],
+        initial_delay: None,
     });
     let spec = Spec::from_proto(&spec, "spec").expect("valid");
     let analysis = spec.analysis.expect("analysis");

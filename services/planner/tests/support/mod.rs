@@ -147,6 +147,7 @@ pub fn strangler(
                     template: Some(forced(*canary, *samples)),
                 })
                 .collect(),
+            initial_delay: None,
         }),
         failure_policy: policy.into(),
         manual_gate,
