@@ -85,7 +85,7 @@ fn target() -> proto::Target {
 
 fn error_rate_checks() -> proto::AnalysisTemplate {
     let mut template = ficus_analysis::judge::default_template();
-    template.checks.retain(|check| check.name != "p99-latency");
+    template.checks.retain(|check| check.name.starts_with("error-rate"));
     template
 }
 

@@ -31,6 +31,24 @@ pub struct Configs {
 }
 
 impl Configs {
+    /// Every service on free loopback ports with its state in its own directory under
+    /// `data_dir`: for a control plane in a test or the demo. The planner's and analysis'
+    /// peer addresses are placeholders; [`ControlPlane::start`] points them at the
+    /// services it starts.
+    pub fn ephemeral(data_dir: &Path) -> Self {
+        let store = |name: &str| data_dir.join(name).display().to_string();
+        Self {
+            sessions: ficus_sessions::Config {
+                server: ficus_kit::server::ServerConfig::ephemeral(),
+                store: store("sessions"),
+                ..Default::default()
+            },
+            traffic: ficus_traffic::Config::ephemeral(store("traffic")),
+            analysis: ficus_analysis::Config::ephemeral(store("analysis"), "127.0.0.1:7003"),
+            planner: ficus_planner::Config::ephemeral(store("planner"), "127.0.0.1:7003", "127.0.0.1:7002"),
+        }
+    }
+
     /// Reads each service's section from `layers`. A service whose `store` is not set
     /// keeps its state in its own directory under `data_dir`.
     pub fn load(layers: &Figment, data_dir: &Path) -> Result<Self, ConfigError> {

@@ -19,7 +19,6 @@ use std::{
 };
 
 use ficus::up::{Configs, ControlPlane};
-use ficus_kit::server::ServerConfig;
 use ficus_proto::{
     planner::v1::{self as planner, Phase, planner_client::PlannerClient},
     sessions::v1::{self as sessions, session_store_client::SessionStoreClient},
@@ -40,18 +39,7 @@ struct Plane {
 impl Plane {
     async fn start() -> Self {
         let data = tempfile::tempdir().expect("temp dir");
-        let store = |name: &str| data.path().join(name).display().to_string();
-        let configs = Configs {
-            sessions: ficus_sessions::Config {
-                server: ServerConfig::ephemeral(),
-                store: store("sessions"),
-                ..Default::default()
-            },
-            traffic: ficus_traffic::Config::ephemeral(store("traffic")),
-            // ControlPlane::start points analysis and planner at the services it starts.
-            analysis: ficus_analysis::Config::ephemeral(store("analysis"), "127.0.0.1:1"),
-            planner: ficus_planner::Config::ephemeral(store("planner"), "127.0.0.1:1", "127.0.0.1:1"),
-        };
+        let configs = Configs::ephemeral(data.path());
         let shutdown = CancellationToken::new();
         let plane = ControlPlane::start(configs, shutdown.clone()).await.expect("the control plane starts");
         let route =

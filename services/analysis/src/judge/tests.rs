@@ -21,15 +21,16 @@ fn latency(n: u64, scale: f64) -> Observation {
     Observation::Latency { buckets, quantile: 0.99, value: 0.050 * scale }
 }
 
-/// Observations for the default template's three checks.
+/// Observations for the default template's four checks.
 fn default_observed(
     errors: (Observation, Observation),
     latencies: (Observation, Observation),
 ) -> Vec<Result<Observed, String>> {
     vec![
-        Ok(Observed { baseline: errors.0.clone(), canary: errors.1.clone(), note: None, periods: Vec::new() }),
-        Ok(Observed { baseline: latencies.0, canary: latencies.1, note: None, periods: Vec::new() }),
-        Ok(Observed { baseline: errors.0, canary: errors.1, note: None, periods: Vec::new() }),
+        Ok(Observed::new(errors.0.clone(), errors.1.clone())),
+        Ok(Observed::new(latencies.0.clone(), latencies.1.clone())),
+        Ok(Observed::new(errors.0, errors.1)),
+        Ok(Observed::new(latencies.0, latencies.1)),
     ]
 }
 
@@ -46,10 +47,10 @@ fn a_healthy_canary_passes_the_default_template() {
     assert_eq!(verdict.score, 100.0);
     assert_eq!(verdict.sequence, 1);
     let errors = check(&verdict, "error-rate-vs-baseline");
-    assert_eq!(errors.rule, "canary error rate not above baseline + 0.1% (p < 0.0333)");
+    assert_eq!(errors.rule, "canary error rate not above baseline + 0.1% (p < 0.0286)");
     assert_eq!((errors.baseline_samples, errors.canary_samples), (100_000, 5_000));
     assert!(errors.p_value.is_some());
-    assert_eq!(check(&verdict, "p99-latency").rule, "canary <= max(1.5 x baseline, baseline + 1 ms) (p < 0.0083)");
+    assert_eq!(check(&verdict, "p99-latency").rule, "canary <= max(1.5 x baseline, baseline + 1 ms) (p < 0.0071)");
 }
 
 #[test]
@@ -109,7 +110,7 @@ fn a_failed_source_is_inconclusive_with_its_error() {
 fn missing_observations_are_failed_sources() {
     let verdict = default_judge(Some(1)).judge(&[], SystemTime::now());
     assert_eq!(verdict.outcome(), Outcome::Inconclusive);
-    assert_eq!(verdict.checks.len(), 3);
+    assert_eq!(verdict.checks.len(), 4);
 }
 
 #[test]

@@ -251,7 +251,7 @@ impl Traffic {
     }
 
     /// Observations for the default template's checks (error rate, p99 latency, error rate
-    /// again) over everything since the start, with the periods the builtin source asks
+    /// and latency again) over everything since the start, with the periods the builtin source asks
     /// traffic for.
     pub fn default_observations(&self) -> Vec<Result<Observed, String>> {
         let (error_periods, latency_periods) = self.periods();
@@ -267,7 +267,7 @@ impl Traffic {
             note: None,
             periods: latency_periods,
         };
-        vec![Ok(errors.clone()), Ok(latency), Ok(errors)]
+        vec![Ok(errors.clone()), Ok(latency.clone()), Ok(errors), Ok(latency)]
     }
 
     /// The seconds so far cut into at most [`TARGET_PERIODS`] periods of whole seconds, as

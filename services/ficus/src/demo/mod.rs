@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ficus_kit::{client::TracedChannel, server::ServerConfig};
+use ficus_kit::client::TracedChannel;
 use ficus_proto::{
     analysis::v1 as analysis,
     planner::v1::{self as planner, Phase, planner_client::PlannerClient},
@@ -222,19 +222,8 @@ pub async fn drive(options: DriveOptions, planner: &str, traffic: &str) -> Resul
 }
 
 async fn run_in(pace: &Pace, data: &std::path::Path, shutdown: CancellationToken) -> Result<Summary, DemoError> {
-    let store = |name: &str| data.join(name).display().to_string();
-    let mut traffic_config = ficus_traffic::Config::ephemeral(store("traffic"));
-    traffic_config.stats_retention = Duration::from_secs(600);
-    let configs = Configs {
-        sessions: ficus_sessions::Config {
-            server: ServerConfig::ephemeral(),
-            store: store("sessions"),
-            ..Default::default()
-        },
-        traffic: traffic_config,
-        analysis: ficus_analysis::Config::ephemeral(store("analysis"), "127.0.0.1:7003"),
-        planner: ficus_planner::Config::ephemeral(store("planner"), "127.0.0.1:7003", "127.0.0.1:7002"),
-    };
+    let mut configs = Configs::ephemeral(data);
+    configs.traffic.stats_retention = Duration::from_secs(600);
     let plane = ControlPlane::start(configs, shutdown.clone()).await?;
     let proxy = plane.traffic.addr(ficus_traffic::DATA_PLANE).ok_or_else(|| DemoError::Call("no data plane".into()))?;
     let sessions = SessionClient::connect_lazy(&format!("http://{}", plane.sessions.grpc_addr))
