@@ -309,7 +309,8 @@ fn judge_observed(spec: &CheckSpec, observed: &Observed, look: &Look, state: &mu
         ) => {
             let baseline = Counts { failures: *x_b, trials: *n_b };
             let canary = Counts { failures: *x_c, trials: *n_c };
-            let dependence = Dependence::compared(periods, max_ratio, errors(), errors());
+            let (test_ratio, _) = relative_rate_null(baseline, max_ratio, min_difference);
+            let dependence = Dependence::compared(periods, test_ratio, errors(), errors());
             let judged = relative_rate(&label, baseline, canary, (max_ratio, min_difference), look, &dependence, state);
             (judged, dependence)
         }
@@ -566,6 +567,13 @@ fn effect_size(baseline: f64, canary: f64, unit: fn(f64) -> String) -> String {
     format!("{sign}{}{ratio}", unit(difference.abs()))
 }
 
+/// The null boundary a relative rule on rates tests, as (ratio, margin) of
+/// `p_c <= ratio p_b + margin`: of `p_c <= max(ratio p_b, p_b + floor)`, the part that binds
+/// at the observed baseline rate.
+fn relative_rate_null(baseline: Counts, ratio: f64, min_difference: f64) -> (f64, f64) {
+    if baseline.rate() + min_difference > ratio * baseline.rate() { (1.0, min_difference) } else { (ratio, 0.0) }
+}
+
 fn relative_value(label: &str, baseline: f64, canary: f64, ratio: f64, min_difference: f64) -> Judged {
     let limit = relative_limit(baseline, ratio, min_difference);
     let bound = relative_bound(baseline, ratio, min_difference, format_number);
@@ -591,10 +599,7 @@ fn relative_rate(
     dependence: &Dependence,
     state: &mut CheckState,
 ) -> Judged {
-    // The null is `p_c <= max(ratio p_b, p_b + floor)`; the test takes the part that binds
-    // at the observed baseline rate, as a ratio or as a margin.
-    let floor_binds = baseline.rate() + min_difference > ratio * baseline.rate();
-    let (test_ratio, margin) = if floor_binds { (1.0, min_difference) } else { (ratio, 0.0) };
+    let (test_ratio, margin) = relative_rate_null(baseline, ratio, min_difference);
     let Some(comparison) = proportion::above_baseline(canary, baseline, test_ratio, margin) else {
         return Judged::inconclusive("no trials to test".to_owned());
     };

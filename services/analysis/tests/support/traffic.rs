@@ -199,6 +199,8 @@ pub struct Traffic {
     disturbance: Disturbance,
     /// Every second so far, (baseline, canary).
     history: Vec<(SecondCounts, SecondCounts)>,
+    /// The periods of `history` already complete.
+    completed: Completed,
     /// Counts since the start.
     pub baseline: SideCounts,
     /// Counts since the start.
@@ -217,6 +219,7 @@ impl Traffic {
             canary_model: canary,
             disturbance: Disturbance::None,
             history: Vec::new(),
+            completed: Completed::default(),
             baseline: SideCounts::new(buckets),
             canary: SideCounts::new(buckets),
             seconds: 0,
@@ -253,7 +256,7 @@ impl Traffic {
     /// Observations for the default template's checks (error rate, p99 latency, error rate
     /// and latency again) over everything since the start, with the periods the builtin source asks
     /// traffic for.
-    pub fn default_observations(&self) -> Vec<Result<Observed, String>> {
+    pub fn default_observations(&mut self) -> Vec<Result<Observed, String>> {
         let (error_periods, latency_periods) = self.periods();
         let errors = Observed {
             baseline: self.baseline.errors(),
@@ -270,36 +273,67 @@ impl Traffic {
         vec![Ok(errors.clone()), Ok(latency.clone()), Ok(errors), Ok(latency)]
     }
 
-    /// The seconds so far cut into at most [`TARGET_PERIODS`] periods of whole seconds, as
-    /// error-rate and as latency observations.
-    fn periods(&self) -> (Vec<PeriodPair>, Vec<PeriodPair>) {
-        let length = (self.history.len() as u64).div_ceil(TARGET_PERIODS).max(1) as usize;
-        let mut errors = Vec::new();
-        let mut latencies = Vec::new();
-        for chunk in self.history.chunks(length) {
-            let side = |pick: fn(&(SecondCounts, SecondCounts)) -> &SecondCounts| {
-                let mut buckets: BTreeMap<usize, u64> = BTreeMap::new();
-                let (mut requests, mut failed) = (0, 0);
-                for second in chunk {
-                    let second = pick(second);
-                    requests += second.requests;
-                    failed += second.errors;
-                    for &(bucket, count) in &second.buckets {
-                        *buckets.entry(bucket).or_default() += count;
-                    }
-                }
-                let histogram: Vec<(f64, u64)> =
-                    buckets.into_iter().map(|(bucket, count)| (self.bounds[bucket], count)).collect();
-                (Observation::Proportion { failures: failed, trials: requests }, histogram)
-            };
-            let (baseline_errors, baseline_buckets) = side(|second| &second.0);
-            let (canary_errors, canary_buckets) = side(|second| &second.1);
-            errors.push(PeriodPair { baseline: baseline_errors, canary: canary_errors });
-            let latency = |buckets| Observation::Latency { buckets, quantile: 0.99, value: f64::NAN };
-            latencies.push(PeriodPair { baseline: latency(baseline_buckets), canary: latency(canary_buckets) });
+    /// The seconds so far cut into periods of whole seconds, as error-rate and as latency
+    /// observations. Periods are a power of two seconds long, so that there are at most
+    /// [`TARGET_PERIODS`] and at least half as many, as the builtin source asks traffic for
+    /// them within a factor of two; the length then changes only when the history doubles,
+    /// and the completed periods are kept until it does, so a look costs the open period
+    /// rather than the whole history.
+    fn periods(&mut self) -> (Vec<PeriodPair>, Vec<PeriodPair>) {
+        let needed = (self.history.len() as u64).div_ceil(TARGET_PERIODS).max(1);
+        let length = needed.next_power_of_two() as usize;
+        if self.completed.length != length {
+            self.completed = Completed { length, errors: Vec::new(), latencies: Vec::new() };
+        }
+        let done = self.history.len() / length;
+        while self.completed.errors.len() < done {
+            let start = self.completed.errors.len() * length;
+            let (errors, latencies) = period(&self.history[start..start + length], &self.bounds);
+            self.completed.errors.push(errors);
+            self.completed.latencies.push(latencies);
+        }
+        let mut errors = self.completed.errors.clone();
+        let mut latencies = self.completed.latencies.clone();
+        if done * length < self.history.len() {
+            let (open_errors, open_latencies) = period(&self.history[done * length..], &self.bounds);
+            errors.push(open_errors);
+            latencies.push(open_latencies);
         }
         (errors, latencies)
     }
+}
+
+/// Periods already complete, for one period length.
+#[derive(Debug, Default)]
+struct Completed {
+    length: usize,
+    errors: Vec<PeriodPair>,
+    latencies: Vec<PeriodPair>,
+}
+
+/// One period of `seconds` as (error-rate, latency) observations of both sides.
+fn period(seconds: &[(SecondCounts, SecondCounts)], bounds: &[f64]) -> (PeriodPair, PeriodPair) {
+    let side = |pick: fn(&(SecondCounts, SecondCounts)) -> &SecondCounts| {
+        let mut buckets: BTreeMap<usize, u64> = BTreeMap::new();
+        let (mut requests, mut failed) = (0, 0);
+        for second in seconds {
+            let second = pick(second);
+            requests += second.requests;
+            failed += second.errors;
+            for &(bucket, count) in &second.buckets {
+                *buckets.entry(bucket).or_default() += count;
+            }
+        }
+        let histogram: Vec<(f64, u64)> = buckets.into_iter().map(|(bucket, count)| (bounds[bucket], count)).collect();
+        (Observation::Proportion { failures: failed, trials: requests }, histogram)
+    };
+    let (baseline_errors, baseline_buckets) = side(|second| &second.0);
+    let (canary_errors, canary_buckets) = side(|second| &second.1);
+    let latency = |buckets| Observation::Latency { buckets, quantile: 0.99, value: f64::NAN };
+    (
+        PeriodPair { baseline: baseline_errors, canary: canary_errors },
+        PeriodPair { baseline: latency(baseline_buckets), canary: latency(canary_buckets) },
+    )
 }
 
 fn serve(
