@@ -574,15 +574,16 @@ fn relative_rate_null(baseline: Counts, ratio: f64, min_difference: f64) -> (f64
     if baseline.rate() + min_difference > ratio * baseline.rate() { (1.0, min_difference) } else { (ratio, 0.0) }
 }
 
+/// Both sides' values and the effect size, e.g. `canary p99 latency 7 ms vs baseline 5 ms
+/// (+2 ms, x1.4)`.
+fn compared_text(label: &str, baseline: f64, canary: f64, unit: fn(f64) -> String) -> String {
+    format!("canary {label} {} vs baseline {} ({})", unit(canary), unit(baseline), effect_size(baseline, canary, unit))
+}
+
 fn relative_value(label: &str, baseline: f64, canary: f64, ratio: f64, min_difference: f64) -> Judged {
     let limit = relative_limit(baseline, ratio, min_difference);
     let bound = relative_bound(baseline, ratio, min_difference, format_number);
-    let shown = format!(
-        "canary {label} {} vs baseline {} ({})",
-        format_number(canary),
-        format_number(baseline),
-        effect_size(baseline, canary, format_number)
-    );
+    let shown = compared_text(label, baseline, canary, format_number);
     if canary > limit {
         Judged::plain(Outcome::Fail, format!("{shown}: above {bound}"))
     } else {
@@ -606,12 +607,7 @@ fn relative_rate(
     let tau = rate_scale(comparison.boundary_rate);
     let (fail, p) = significant(state, Side::Upper, &comparison.evidence, tau, look, dependence);
     let (p_b, p_c) = (baseline.rate(), canary.rate());
-    let shown = format!(
-        "canary {label} {} vs baseline {} ({})",
-        format_percent(p_c),
-        format_percent(p_b),
-        effect_size(p_b, p_c, format_percent)
-    );
+    let shown = compared_text(label, p_b, p_c, format_percent);
     let bound = relative_bound(p_b, ratio, min_difference, format_percent);
     let (outcome, reason) = if p_c <= relative_limit(p_b, ratio, min_difference) {
         (Outcome::Pass, format!("{shown}: within {bound}"))
@@ -643,12 +639,7 @@ fn relative_latency(
     };
     let tau = rate_scale(comparison.boundary_rate);
     let (fail, p) = significant(state, Side::Upper, &comparison.evidence, tau, look, dependence);
-    let shown = format!(
-        "canary {label} {} vs baseline {} ({})",
-        format_seconds(q_c),
-        format_seconds(q_b),
-        effect_size(q_b, q_c, format_seconds)
-    );
+    let shown = compared_text(label, q_b, q_c, format_seconds);
     let bound = relative_bound(q_b, ratio, min_difference, format_seconds);
     let (outcome, reason) = if q_c <= limit {
         (Outcome::Pass, format!("{shown}: within {bound}"))
