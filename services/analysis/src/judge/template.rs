@@ -554,6 +554,18 @@ mod tests {
     }
 
     #[test]
+    fn a_floor_that_is_negative_or_not_a_number_is_refused_by_name() {
+        for floor in [-0.001, f64::NAN, f64::INFINITY] {
+            let relative = ProtoRule::Relative(proto::Relative { max_ratio: 1.5, min_difference: Some(floor) });
+            let (field, _) = refusal(&template(vec![error_rate_check("a", relative)]));
+            assert_eq!(field, "template.checks[0].relative.min_difference", "{floor}");
+        }
+        let relative = ProtoRule::Relative(proto::Relative { max_ratio: 1.5, min_difference: Some(0.001) });
+        let valid = Template::from_proto(&template(vec![error_rate_check("a", relative)]), "template").unwrap();
+        assert_eq!(valid.checks[0].rule, Rule::Relative { max_ratio: 1.5, min_difference: 0.001 });
+    }
+
+    #[test]
     fn the_default_template_is_valid_and_fills_defaults() {
         let template = Template::from_proto(&default_template(), "template").unwrap();
         assert_eq!(template.checks.len(), 4);
