@@ -49,7 +49,7 @@
 
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
-use super::proportion::Counts;
+use super::{proportion::Counts, rank};
 
 /// One period's (canary, baseline) histograms as (upper bound, count) buckets.
 pub type PeriodHistograms<'a> = (&'a [(f64, u64)], &'a [(f64, u64)]);
@@ -184,32 +184,9 @@ struct Placements {
 
 impl Placements {
     fn new(periods: &[PeriodHistograms<'_>], scale: f64) -> Option<Self> {
-        let mut raw: Vec<(f64, f64, f64)> = Vec::new();
-        for (canary, baseline) in periods {
-            for &(bound, count) in canary.iter() {
-                if !(bound.is_finite() && bound >= 0.0) {
-                    return None;
-                }
-                raw.push((bound, count as f64, 0.0));
-            }
-            for &(bound, count) in baseline.iter() {
-                if !(bound.is_finite() && bound >= 0.0) {
-                    return None;
-                }
-                raw.push((bound * scale, 0.0, count as f64));
-            }
-        }
-        raw.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut values: Vec<(f64, f64, f64)> = Vec::with_capacity(raw.len());
-        for (value, c, b) in raw {
-            match values.last_mut() {
-                Some(last) if last.0 == value => {
-                    last.1 += c;
-                    last.2 += b;
-                }
-                _ => values.push((value, c, b)),
-            }
-        }
+        let canary = periods.iter().flat_map(|(canary, _)| canary.iter());
+        let baseline = periods.iter().flat_map(|(_, baseline)| baseline.iter());
+        let values = rank::merged(canary, baseline, scale)?;
         let canary_total: f64 = values.iter().map(|v| v.1).sum();
         let baseline_total: f64 = values.iter().map(|v| v.2).sum();
         if canary_total == 0.0 || baseline_total == 0.0 {

@@ -74,21 +74,7 @@ pub fn mann_whitney_greater(canary: &[(f64, u64)], baseline: &[(f64, u64)], marg
     if !(margin.is_finite() && margin > -1.0) {
         return None;
     }
-    let scale = 1.0 + margin;
-    let mut values: Vec<(f64, f64, f64)> = Vec::with_capacity(canary.len() + baseline.len());
-    for &(bound, count) in canary {
-        if !(bound.is_finite() && bound >= 0.0) {
-            return None;
-        }
-        values.push((bound, count as f64, 0.0));
-    }
-    for &(bound, count) in baseline {
-        if !(bound.is_finite() && bound >= 0.0) {
-            return None;
-        }
-        values.push((bound * scale, 0.0, count as f64));
-    }
-    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let values = merged(canary.iter(), baseline.iter(), 1.0 + margin)?;
     let n_c: f64 = values.iter().map(|v| v.1).sum();
     let n_b: f64 = values.iter().map(|v| v.2).sum();
     if n_c == 0.0 || n_b == 0.0 {
@@ -96,20 +82,12 @@ pub fn mann_whitney_greater(canary: &[(f64, u64)], baseline: &[(f64, u64)], marg
     }
     let total = n_c + n_b;
 
-    // One pass over groups of equal values: U counts, for each canary value, the baseline
+    // One pass over the distinct values: U counts, for each canary value, the baseline
     // values below it plus half of those tied with it.
     let mut u = 0.0;
     let mut baseline_below = 0.0;
     let mut tie_term = 0.0;
-    let mut index = 0;
-    while index < values.len() {
-        let value = values[index].0;
-        let (mut c, mut b) = (0.0, 0.0);
-        while index < values.len() && values[index].0 == value {
-            c += values[index].1;
-            b += values[index].2;
-            index += 1;
-        }
+    for &(_, c, b) in &values {
         u += c * (baseline_below + b / 2.0);
         baseline_below += b;
         let tied = c + b;
@@ -132,6 +110,43 @@ pub fn mann_whitney_greater(canary: &[(f64, u64)], baseline: &[(f64, u64)], marg
         canary_samples: n_c as u64,
         baseline_samples: n_b as u64,
     })
+}
+
+/// The canary's latencies and the baseline's scaled by `scale`, as one ascending list of
+/// distinct values, each with (value, canary count, baseline count): equal values are
+/// ties, counted together. Buckets may come in any order and repeat a bound. `None` when a
+/// bound is NaN or negative.
+pub(super) fn merged<'a>(
+    canary: impl Iterator<Item = &'a (f64, u64)>,
+    baseline: impl Iterator<Item = &'a (f64, u64)>,
+    scale: f64,
+) -> Option<Vec<(f64, f64, f64)>> {
+    let usable = |bound: f64| bound.is_finite() && bound >= 0.0;
+    let mut raw: Vec<(f64, f64, f64)> = Vec::new();
+    for &(bound, count) in canary {
+        if !usable(bound) {
+            return None;
+        }
+        raw.push((bound, count as f64, 0.0));
+    }
+    for &(bound, count) in baseline {
+        if !usable(bound) {
+            return None;
+        }
+        raw.push((bound * scale, 0.0, count as f64));
+    }
+    raw.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut values: Vec<(f64, f64, f64)> = Vec::with_capacity(raw.len());
+    for (value, c, b) in raw {
+        match values.last_mut() {
+            Some(last) if last.0 == value => {
+                last.1 += c;
+                last.2 += b;
+            }
+            _ => values.push((value, c, b)),
+        }
+    }
+    Some(values)
 }
 
 #[cfg(test)]
