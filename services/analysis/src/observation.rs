@@ -119,12 +119,16 @@ pub struct Observed {
     /// `statistics::dependence`). Empty when the source cannot; the tests then treat
     /// requests as independent.
     pub periods: Vec<PeriodPair>,
+    /// The baseline's requests split in two halves and observed like the sides, when the
+    /// source can: how far apart two samples of the same backend read is the noise a canary
+    /// must be worse than before the judge calls it worse.
+    pub baseline_halves: Option<[Observation; 2]>,
 }
 
 impl Observed {
-    /// Both sides, with no note and no periods.
+    /// Both sides, with no note, no periods and no halves.
     pub fn new(baseline: Observation, canary: Observation) -> Self {
-        Self { baseline, canary, note: None, periods: Vec::new() }
+        Self { baseline, canary, note: None, periods: Vec::new(), baseline_halves: None }
     }
 }
 

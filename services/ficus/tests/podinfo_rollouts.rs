@@ -149,6 +149,21 @@ async fn identical_versions_are_promoted_every_time() {
         failed.len(),
         failed.join("\n")
     );
+    for ended in &ended {
+        assert_baseline_against_itself(ended);
+    }
+}
+
+/// The default template's checks that compare the sides showed the baseline against
+/// itself in the rollout's verdicts.
+fn assert_baseline_against_itself(ended: &Ended) {
+    for name in ["error-rate-vs-baseline", "p99-latency", "latency-vs-baseline"] {
+        let shown = format!(" {name}: ");
+        assert!(
+            ended.history.iter().any(|line| line.contains(&shown) && line.contains("baseline against itself")),
+            "{name} never showed the baseline against itself: {ended}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,6 +192,7 @@ async fn rolled_back(what: &str, route: &str, canary_flags: &[&str], pace: Pace)
     let ended = plane.roll_out(route, &v1, &v2, pace).await;
     println!("{what}: {ended}");
     assert!(ended.rolled_back(), "{what}: the canary was not rolled back: {ended}");
+    assert_baseline_against_itself(&ended);
     println!("{what}: rolled back {} after the rollout started", ended.took_text());
 }
 

@@ -10,7 +10,12 @@ use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{adapters::kubernetes::Ledger, registry::Registry, stats::Stats, table::LiveTable};
+use crate::{
+    adapters::kubernetes::Ledger,
+    registry::Registry,
+    stats::{Query, Stats},
+    table::LiveTable,
+};
 
 /// Window of `GetTrafficStats` when the request names none.
 const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
@@ -165,6 +170,7 @@ impl TrafficControl for TrafficService {
                 Some(period)
             }
         };
-        Ok(Response::new(self.stats.snapshot(&request.route, &backends, window, period)))
+        let query = Query { window, period, halves: request.halves };
+        Ok(Response::new(self.stats.snapshot(&request.route, &backends, query)))
     }
 }

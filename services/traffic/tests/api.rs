@@ -198,6 +198,37 @@ async fn stats_cut_into_periods_add_up_and_a_bad_period_is_refused_by_name() {
 }
 
 #[tokio::test]
+async fn stats_split_each_backend_in_halves_and_keep_a_sticky_user_in_one() {
+    let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
+    let mut traffic = Traffic::start().await;
+    let mut sticky = route("checkout", stable.addr(), canary.addr(), 0);
+    sticky.sticky = Some(proto::StickyKey { source: Some(proto::sticky_key::Source::Header("x-user".into())) });
+    traffic.put(sticky).await;
+    let request = proto::GetTrafficStatsRequest { route: "checkout".into(), halves: true, ..Default::default() };
+    let halves = |answer: &proto::TrafficStats| -> Vec<u64> {
+        answer.backends[0].halves.iter().map(|half| half.requests).collect()
+    };
+    // One user: every request in the same half, as it goes to the same side.
+    for _ in 0..30 {
+        assert_eq!(traffic.get("/", &[("x-user", "u-1")]).await.status, 200);
+    }
+    let answer = traffic.api.get_traffic_stats(request.clone()).await.expect("stats").into_inner();
+    let mut one_user = halves(&answer);
+    one_user.sort_unstable();
+    assert_eq!(one_user, [0, 30], "a user's requests stay in one half");
+    // Anonymous requests spread over both halves, and the halves add up to the backend.
+    for _ in 0..200 {
+        assert_eq!(traffic.get("/", &[]).await.status, 200);
+    }
+    let answer = traffic.api.get_traffic_stats(request).await.expect("stats").into_inner();
+    let split = halves(&answer);
+    assert_eq!(split.iter().sum::<u64>(), answer.backends[0].requests);
+    // Binomial(200, 1/2) plus the user's 30: each half far from empty.
+    assert!(split.iter().all(|&half| half >= 60), "{split:?}");
+    traffic.stop().await;
+}
+
+#[tokio::test]
 async fn a_backend_that_goes_down_gives_502s_counted_against_it_then_recovers() {
     let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
     let mut traffic = Traffic::start().await;

@@ -103,15 +103,17 @@ struct Judged {
     reason: String,
     /// Whether the outcome came from a statistical test (so a FAIL is final).
     tested: bool,
+    /// The baseline compared with itself, when measured.
+    noise: Option<proto::BaselineNoise>,
 }
 
 impl Judged {
     fn plain(outcome: Outcome, reason: String) -> Self {
-        Self { outcome, p_value: None, reason, tested: false }
+        Self { outcome, p_value: None, reason, tested: false, noise: None }
     }
 
     fn tested(outcome: Outcome, p: f64, reason: String) -> Self {
-        Self { outcome, p_value: Some(p), reason, tested: true }
+        Self { outcome, p_value: Some(p), reason, tested: true, noise: None }
     }
 
     fn inconclusive(reason: String) -> Self {
@@ -240,6 +242,7 @@ pub(crate) fn evaluate(
             p_value: failed.p_value,
             reason: format!("failed at judgement {}: {}", failed.look, failed.reason),
             tested: true,
+            noise: judged.noise,
         },
         (None, Outcome::Fail) if judged.tested => {
             state.failed = Some(Failed { look: look.number, reason: judged.reason.clone(), p_value: judged.p_value });
@@ -260,6 +263,7 @@ pub(crate) fn evaluate(
         reason: judged.reason,
         critical: spec.critical,
         weight: spec.weight,
+        baseline_noise: judged.noise,
     }
 }
 
@@ -360,7 +364,78 @@ fn judge_observed(spec: &CheckSpec, observed: &Observed, look: &Look, state: &mu
     {
         judged.reason = format!("{}; {note}", judged.reason);
     }
+    if let Some(noise) = baseline_noise(spec, observed) {
+        let against_itself = noise_text(spec.rule, baseline.kind(), &noise);
+        let within_noise = difference(spec.rule, baseline, canary).is_some_and(|canary| canary <= noise.difference);
+        judged.reason = if judged.tested && judged.outcome != Outcome::Pass && within_noise {
+            judged.outcome = Outcome::Pass;
+            format!("{}; but the baseline differs as much from itself ({against_itself})", judged.reason)
+        } else {
+            format!("{}; {against_itself}", judged.reason)
+        };
+        judged.noise = Some(noise);
+    }
     judged
+}
+
+/// How far the canary is from the baseline, as the noise check measures it: the difference
+/// of rates or of latency quantiles, or for a rank test the canary's superiority over the
+/// scaled baseline beyond even. `None` for rules that do not compare the sides, and for
+/// observations that give no number.
+fn difference(rule: Rule, baseline: &Observation, canary: &Observation) -> Option<f64> {
+    let difference = match (rule, baseline, canary) {
+        (
+            Rule::Statistical { margin },
+            Observation::Latency { buckets: b, .. },
+            Observation::Latency { buckets: c, .. },
+        ) => rank::mann_whitney_greater(c, b, margin)?.superiority - 0.5,
+        (
+            Rule::Relative { .. } | Rule::Statistical { .. },
+            Observation::Proportion { .. },
+            Observation::Proportion { .. },
+        )
+        | (Rule::Relative { .. }, Observation::Latency { .. }, Observation::Latency { .. }) => {
+            canary.value() - baseline.value()
+        }
+        _ => return None,
+    };
+    difference.is_finite().then_some(difference)
+}
+
+/// The baseline's two halves compared the way the check compares the canary with the
+/// baseline (a rank test without the margin, which is an allowance for the canary), when
+/// the source split the baseline and each half has at least half the check's minimum
+/// sample.
+fn baseline_noise(spec: &CheckSpec, observed: &Observed) -> Option<proto::BaselineNoise> {
+    let [first, second] = observed.baseline_halves.as_ref()?;
+    let enough = spec.min_samples.div_ceil(2).max(1);
+    let usable = |half: &Observation| half.samples() >= enough && half.malformed().is_none();
+    if !(usable(first) && usable(second)) {
+        return None;
+    }
+    let even = match spec.rule {
+        Rule::Statistical { .. } => Rule::Statistical { margin: 0.0 },
+        rule => rule,
+    };
+    // Either half may be the slower one; the noise is how far apart they are.
+    let apart = difference(even, first, second)?.abs();
+    Some(proto::BaselineNoise { first_value: first.value(), second_value: second.value(), difference: apart })
+}
+
+/// How the baseline against itself reads in a reason, e.g. `baseline against itself:
+/// 0.51 ms vs 0.53 ms`.
+fn noise_text(rule: Rule, kind: ObservationKind, noise: &proto::BaselineNoise) -> String {
+    let (first, second) = (noise.first_value, noise.second_value);
+    match (rule, kind) {
+        (Rule::Statistical { .. }, ObservationKind::Latency) => format!(
+            "baseline against itself: one half slower than the other in {} of pairs",
+            format_percent(0.5 + noise.difference)
+        ),
+        (_, ObservationKind::Latency) => {
+            format!("baseline against itself: {} vs {}", format_seconds(first), format_seconds(second))
+        }
+        _ => format!("baseline against itself: {} vs {}", format_percent(first), format_percent(second)),
+    }
 }
 
 /// Decides a test at this look: returns whether it is significant and the p-value compared
@@ -445,7 +520,7 @@ fn threshold_rate(
         if fail {
             let reason =
                 format!("canary {label} {shown} is significantly above {} (p = {})", format_percent(max), format_p(p));
-            return Judged { outcome: Outcome::Fail, p_value: Some(p), reason, tested: true };
+            return Judged::tested(Outcome::Fail, p, reason);
         }
         if rate > max {
             let reason = format!(
@@ -453,7 +528,7 @@ fn threshold_rate(
                 format_percent(max),
                 format_p(p)
             );
-            return Judged { outcome: Outcome::Inconclusive, p_value: Some(p), reason, tested: true };
+            return Judged::tested(Outcome::Inconclusive, p, reason);
         }
         p_values.push(p);
     }
@@ -465,7 +540,7 @@ fn threshold_rate(
         if fail {
             let reason =
                 format!("canary {label} {shown} is significantly below {} (p = {})", format_percent(min), format_p(p));
-            return Judged { outcome: Outcome::Fail, p_value: Some(p), reason, tested: true };
+            return Judged::tested(Outcome::Fail, p, reason);
         }
         if rate < min {
             let reason = format!(
@@ -473,17 +548,12 @@ fn threshold_rate(
                 format_percent(min),
                 format_p(p)
             );
-            return Judged { outcome: Outcome::Inconclusive, p_value: Some(p), reason, tested: true };
+            return Judged::tested(Outcome::Inconclusive, p, reason);
         }
         p_values.push(p);
     }
     let p = p_values.into_iter().fold(1.0, f64::min);
-    Judged {
-        outcome: Outcome::Pass,
-        p_value: Some(p),
-        reason: format!("canary {label} {shown} is within bounds"),
-        tested: true,
-    }
+    Judged::tested(Outcome::Pass, p, format!("canary {label} {shown} is within bounds"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -539,7 +609,7 @@ fn threshold_latency(
             ),
         )
     };
-    Judged { outcome, p_value: Some(p), reason, tested: true }
+    Judged::tested(outcome, p, reason)
 }
 
 /// The most a relative rule lets the canary's value be: `ratio` times the baseline's, or
@@ -684,7 +754,7 @@ fn statistical_rate(
             format!("{shown}: no significant increase beyond {} (p = {})", format_percent(margin), format_p(p)),
         )
     };
-    Judged { outcome, p_value: Some(p), reason, tested: true }
+    Judged::tested(outcome, p, reason)
 }
 
 fn statistical_latency(
@@ -699,12 +769,7 @@ fn statistical_latency(
         // Only reachable with requests on both sides when every one of them is tied:
         // nothing is slower than anything.
         return if total(canary) > 0 && total(baseline) > 0 {
-            Judged {
-                outcome: Outcome::Pass,
-                p_value: Some(1.0),
-                reason: "every request falls in one latency bucket on both sides".to_owned(),
-                tested: true,
-            }
+            Judged::tested(Outcome::Pass, 1.0, "every request falls in one latency bucket on both sides".to_owned())
         } else {
             Judged::inconclusive("no requests to rank".to_owned())
         };
@@ -720,7 +785,7 @@ fn statistical_latency(
     } else {
         (Outcome::Pass, format!("no significant latency increase beyond {shift}: {shown} (p = {})", format_p(p)))
     };
-    Judged { outcome, p_value: Some(p), reason, tested: true }
+    Judged::tested(outcome, p, reason)
 }
 
 /// Requests in buckets whose upper bound is above `limit`. A bucket straddling the limit

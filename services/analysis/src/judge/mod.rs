@@ -38,6 +38,20 @@
 //! check that failed stays failed for the rest of its run: the sequential test stops at
 //! its first rejection.
 //!
+//! # The baseline against itself
+//!
+//! A source that splits the baseline's requests in two halves (traffic's own statistics
+//! do, by sticky key or at random) lets a check that compares the sides measure how far
+//! apart two samples of the same backend read, the same way it measures the canary against
+//! the baseline: the difference of rates or quantiles, or for a rank test one half's
+//! superiority over the other beyond even. A canary is called worse only by more than that:
+//! a tested FAIL or INCONCLUSIVE whose canary is no further from the baseline than the
+//! halves are from each other is a PASS, and the reason says so. Every such check shows the
+//! halves in its reason and in `CheckResult.baseline_noise`. The halves come from the same
+//! process, so they catch the noise of the traffic and of the measurement, not a difference
+//! between two processes; that is what the dependence correction and an equal-footing
+//! baseline are for.
+//!
 //! # Alpha
 //!
 //! The template's alpha is split over the checks that run a test in proportion to their

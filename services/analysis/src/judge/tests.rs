@@ -117,13 +117,20 @@ fn missing_observations_are_failed_sources() {
 fn nan_values_and_empty_histograms_do_not_panic_and_do_not_pass() {
     let empty = Observation::Latency { buckets: vec![], quantile: 0.99, value: f64::NAN };
     let observed = vec![
-        Ok(Observed { baseline: rate(0, 0), canary: rate(0, 0), note: None, periods: Vec::new() }),
-        Ok(Observed { baseline: empty.clone(), canary: empty, note: None, periods: Vec::new() }),
+        Ok(Observed {
+            baseline: rate(0, 0),
+            canary: rate(0, 0),
+            note: None,
+            periods: Vec::new(),
+            baseline_halves: None,
+        }),
+        Ok(Observed { baseline: empty.clone(), canary: empty, note: None, periods: Vec::new(), baseline_halves: None }),
         Ok(Observed {
             baseline: Observation::Value { value: f64::NAN, samples: 1000 },
             canary: Observation::Value { value: 1.0, samples: 1000 },
             note: None,
             periods: Vec::new(),
+            baseline_halves: None,
         }),
     ];
     for planned in [Some(1), None] {
@@ -208,6 +215,7 @@ fn statistical_latency_rules_use_the_relative_margin() {
         canary: latency(5_000, 1.2),
         note: None,
         periods: Vec::new(),
+        baseline_halves: None,
     })];
     let judge_with = |margin| {
         Judge::new(Template::from_proto(&statistical(margin), "template").unwrap(), Some(1))
@@ -241,6 +249,7 @@ fn plain_values_compare_numbers() {
         canary: Observation::Value { value: 3.0, samples: 1000 },
         note: None,
         periods: Vec::new(),
+        baseline_halves: None,
     })];
     let judge_with = |rule| {
         Judge::new(Template::from_proto(&fixed(rule), "template").unwrap(), None).judge(&observed, SystemTime::now())
@@ -279,8 +288,13 @@ fn error_rate() -> Source {
 fn sliding_windows_spend_alpha_look_by_look() {
     let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
     // 40 vs 25 expected errors: p ≈ 0.004, enough for one look at 0.05, not for 1/61 of it.
-    let observed =
-        [Ok(Observed { baseline: rate(500, 100_000), canary: rate(40, 5_000), note: None, periods: Vec::new() })];
+    let observed = [Ok(Observed {
+        baseline: rate(500, 100_000),
+        canary: rate(40, 5_000),
+        note: None,
+        periods: Vec::new(),
+        baseline_halves: None,
+    })];
     let one_shot = Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now());
     assert_eq!(one_shot.outcome(), Outcome::Fail, "{one_shot:#?}");
     let mut sliding = Judge::new(template, Some(60)).with_sliding_window();
@@ -294,7 +308,13 @@ fn sliding_windows_spend_alpha_look_by_look() {
 fn relative_rules_on_rates_are_tested() {
     let template = single(error_rate(), ProtoRule::Relative(proto::Relative { max_ratio: 1.5, min_difference: None }));
     let judge_with = |canary| {
-        let observed = [Ok(Observed { baseline: rate(1_000, 100_000), canary, note: None, periods: Vec::new() })];
+        let observed = [Ok(Observed {
+            baseline: rate(1_000, 100_000),
+            canary,
+            note: None,
+            periods: Vec::new(),
+            baseline_halves: None,
+        })];
         Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
     };
     // 1.2% vs 1%: within 1.5 x.
@@ -317,7 +337,13 @@ fn a_rate_floor_fails_only_when_significantly_below() {
     });
     let template = single(success, ProtoRule::Threshold(proto::Threshold { max: None, min: Some(0.99) }));
     let judge_with = |canary| {
-        let observed = [Ok(Observed { baseline: rate(9_950, 10_000), canary, note: None, periods: Vec::new() })];
+        let observed = [Ok(Observed {
+            baseline: rate(9_950, 10_000),
+            canary,
+            note: None,
+            periods: Vec::new(),
+            baseline_halves: None,
+        })];
         Judge::new(template.clone(), Some(1)).judge(&observed, SystemTime::now()).checks.remove(0)
     };
     assert_eq!(judge_with(rate(995, 1_000)).outcome(), Outcome::Pass);
@@ -329,7 +355,13 @@ fn a_rate_floor_fails_only_when_significantly_below() {
 fn an_observation_of_the_wrong_shape_is_inconclusive() {
     let template = single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 }));
     let value = |value| Observation::Value { value, samples: 1_000 };
-    let observed = [Ok(Observed { baseline: value(0.0), canary: value(1.0), note: None, periods: Vec::new() })];
+    let observed = [Ok(Observed {
+        baseline: value(0.0),
+        canary: value(1.0),
+        note: None,
+        periods: Vec::new(),
+        baseline_halves: None,
+    })];
     let verdict = Judge::new(template, None).judge(&observed, SystemTime::now());
     assert_eq!(verdict.checks[0].outcome(), Outcome::Inconclusive, "{verdict:#?}");
 }
@@ -358,4 +390,80 @@ fn a_resumed_judge_continues_the_tests_where_they_stood() {
     let other = Judge::new(single(error_rate(), ProtoRule::Statistical(proto::Statistical { margin: 0.0 })), None);
     let fresh = other.resume(first.saved());
     assert_eq!(fresh.saved().looks, 0);
+}
+
+/// The default template's observations with the baseline split in `halves`.
+fn with_halves(
+    errors: (Observation, Observation, [Observation; 2]),
+    latencies: (Observation, Observation, [Observation; 2]),
+) -> Vec<Result<Observed, String>> {
+    let observed = |(baseline, canary, halves): (Observation, Observation, [Observation; 2])| Observed {
+        baseline_halves: Some(halves),
+        ..Observed::new(baseline, canary)
+    };
+    let (errors, latencies) = (observed(errors), observed(latencies));
+    vec![Ok(errors.clone()), Ok(latencies.clone()), Ok(errors), Ok(latencies)]
+}
+
+#[test]
+fn a_canary_is_called_worse_only_by_more_than_the_baseline_differs_from_itself() {
+    // The canary's p99 is twice the baseline's and its errors are up by 0.4 points: both
+    // significant on their own.
+    let errors = (rate(500, 100_000), rate(45, 5_000));
+    let latencies = (latency(100_000, 1.0), latency(5_000, 2.0));
+
+    // Halves alike: the canary is far beyond the baseline's own noise and fails.
+    let steady = with_halves(
+        (errors.0.clone(), errors.1.clone(), [rate(250, 50_000), rate(250, 50_000)]),
+        (latencies.0.clone(), latencies.1.clone(), [latency(50_000, 1.0), latency(50_000, 1.05)]),
+    );
+    let verdict = default_judge(Some(1)).judge(&steady, SystemTime::now());
+    let p99 = check(&verdict, "p99-latency");
+    assert_eq!(p99.outcome(), Outcome::Fail, "{p99:#?}");
+    assert!(p99.reason.contains("baseline against itself: 50 ms vs 52.5 ms"), "{}", p99.reason);
+    let noise = p99.baseline_noise.as_ref().expect("the baseline against itself is in the verdict");
+    let close = |value: f64, expected: f64| (value - expected).abs() < 1e-12;
+    assert!(close(noise.first_value, 0.05) && close(noise.second_value, 0.0525), "{noise:?}");
+    assert!(close(noise.difference, 0.0025), "{noise:?}");
+    let errors_vs_baseline = check(&verdict, "error-rate-vs-baseline");
+    assert_eq!(errors_vs_baseline.outcome(), Outcome::Fail, "{errors_vs_baseline:#?}");
+    assert!(errors_vs_baseline.reason.contains("baseline against itself: 0.5% vs 0.5%"), "{errors_vs_baseline:#?}");
+    assert_eq!(verdict.outcome(), Outcome::Fail);
+
+    // Halves as far apart as the canary is from the baseline: the same canary is not called
+    // worse, and the verdict says why.
+    let noisy = with_halves(
+        (errors.0.clone(), errors.1.clone(), [rate(150, 50_000), rate(350, 50_000)]),
+        (latencies.0.clone(), latencies.1.clone(), [latency(50_000, 0.9), latency(50_000, 2.0)]),
+    );
+    let verdict = default_judge(Some(1)).judge(&noisy, SystemTime::now());
+    for name in ["p99-latency", "error-rate-vs-baseline"] {
+        let result = check(&verdict, name);
+        assert_eq!(result.outcome(), Outcome::Pass, "{result:#?}");
+        assert!(result.reason.contains("but the baseline differs as much from itself"), "{}", result.reason);
+    }
+    // The rank test compares the halves too: one twice as slow as the other is as far apart
+    // as the canary is.
+    let rank = check(&verdict, "latency-vs-baseline");
+    assert_eq!(rank.outcome(), Outcome::Pass, "{rank:#?}");
+    assert!(rank.reason.contains("one half slower than the other in"), "{}", rank.reason);
+
+    // Without halves the source gives no noise to show.
+    let plain = default_observed(errors, latencies);
+    let verdict = default_judge(Some(1)).judge(&plain, SystemTime::now());
+    assert!(verdict.checks.iter().all(|check| check.baseline_noise.is_none()));
+    assert_eq!(check(&verdict, "p99-latency").outcome(), Outcome::Fail);
+}
+
+#[test]
+fn halves_too_small_to_compare_leave_the_check_alone() {
+    // Each half must hold half the check's minimum sample: 5 requests are not a measure of
+    // anything.
+    let observed = with_halves(
+        (rate(500, 100_000), rate(45, 5_000), [rate(0, 5), rate(5, 5)]),
+        (latency(100_000, 1.0), latency(5_000, 2.0), [latency(5, 1.0), latency(5, 3.0)]),
+    );
+    let verdict = default_judge(Some(1)).judge(&observed, SystemTime::now());
+    assert!(verdict.checks.iter().all(|check| check.baseline_noise.is_none()), "{verdict:#?}");
+    assert_eq!(check(&verdict, "p99-latency").outcome(), Outcome::Fail);
 }

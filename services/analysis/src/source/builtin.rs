@@ -48,6 +48,7 @@ impl TrafficSource {
             backends: vec![target.baseline.clone(), target.canary.clone()],
             window: Some(window.into()),
             period: Some(period_of(window).into()),
+            halves: true,
         };
         let stats = self
             .client
@@ -88,11 +89,20 @@ impl TrafficStats {
                 Kind::Unspecified => Err("builtin metric kind is unspecified".to_owned()),
             }
         };
-        let periods = match kind {
-            Kind::ErrorRate | Kind::Latency => self.periods(kind, quantile),
-            Kind::RequestRate | Kind::Unspecified => Vec::new(),
+        let (periods, baseline_halves) = match (kind, self.baseline.halves.as_slice()) {
+            (Kind::ErrorRate | Kind::Latency, [first, second]) => {
+                (self.periods(kind, quantile), Some([one(first)?, one(second)?]))
+            }
+            (Kind::ErrorRate | Kind::Latency, _) => (self.periods(kind, quantile), None),
+            (Kind::RequestRate | Kind::Unspecified, _) => (Vec::new(), None),
         };
-        Ok(Observed { baseline: one(&self.baseline)?, canary: one(&self.canary)?, note: None, periods })
+        Ok(Observed {
+            baseline: one(&self.baseline)?,
+            canary: one(&self.canary)?,
+            note: None,
+            periods,
+            baseline_halves,
+        })
     }
 
     /// Both sides' periods matched by their start, oldest first; a side without requests in

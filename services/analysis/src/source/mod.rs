@@ -50,6 +50,7 @@ impl Sources {
                     canary: Observation::Value { value: fixed.canary, samples: fixed.samples },
                     note: None,
                     periods: Vec::new(),
+                    baseline_halves: None,
                 }),
                 (Some(Source::PodHealth(metric)), _) => match &self.pods {
                     Some(pods) => pods.observe(metric).await,

@@ -87,6 +87,7 @@ impl PodSource {
             canary: Observation::Value { value, samples },
             note,
             periods: Vec::new(),
+            baseline_halves: None,
         })
     }
 

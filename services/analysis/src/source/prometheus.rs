@@ -82,6 +82,7 @@ impl PrometheusSource {
             canary: self.side(metric, &target.route, &target.canary, window).await?,
             note: None,
             periods: Vec::new(),
+            baseline_halves: None,
         })
     }
 

@@ -145,6 +145,15 @@ impl SideCounts {
         Self { requests: 0, errors: 0, buckets: vec![0; buckets], range: None }
     }
 
+    /// Counts one request's latency in `bucket`.
+    fn add(&mut self, bucket: usize) {
+        self.buckets[bucket] += 1;
+        self.range = Some(match self.range {
+            None => (bucket, bucket),
+            Some((low, high)) => (low.min(bucket), high.max(bucket)),
+        });
+    }
+
     /// Counts added since `earlier`.
     pub fn since(&self, earlier: &SideCounts) -> SideCounts {
         let buckets: Vec<u64> = self.buckets.iter().zip(&earlier.buckets).map(|(now, then)| now - then).collect();
@@ -205,6 +214,8 @@ pub struct Traffic {
     pub baseline: SideCounts,
     /// Counts since the start.
     pub canary: SideCounts,
+    /// The baseline's requests split at random in two halves, as traffic splits them.
+    pub baseline_halves: [SideCounts; 2],
     /// Seconds simulated.
     pub seconds: u64,
 }
@@ -222,6 +233,7 @@ impl Traffic {
             completed: Completed::default(),
             baseline: SideCounts::new(buckets),
             canary: SideCounts::new(buckets),
+            baseline_halves: [SideCounts::new(buckets), SideCounts::new(buckets)],
             seconds: 0,
         }
     }
@@ -247,8 +259,9 @@ impl Traffic {
             Disturbance::ErrorBursts { share, error_rate } if rng.random::<f64>() < share => Moment::Burst(error_rate),
             Disturbance::Hiccups { .. } | Disturbance::ErrorBursts { .. } => Moment::Calm,
         };
-        let baseline = serve(&self.baseline_model, &mut self.baseline, moment, &self.bounds, rng);
-        let canary = serve(&self.canary_model, &mut self.canary, moment, &self.bounds, rng);
+        let baseline =
+            serve(&self.baseline_model, &mut self.baseline, Some(&mut self.baseline_halves), moment, &self.bounds, rng);
+        let canary = serve(&self.canary_model, &mut self.canary, None, moment, &self.bounds, rng);
         self.history.push((baseline, canary));
         self.seconds += 1;
     }
@@ -258,17 +271,20 @@ impl Traffic {
     /// traffic for.
     pub fn default_observations(&mut self) -> Vec<Result<Observed, String>> {
         let (error_periods, latency_periods) = self.periods();
+        let [first, second] = &self.baseline_halves;
         let errors = Observed {
             baseline: self.baseline.errors(),
             canary: self.canary.errors(),
             note: None,
             periods: error_periods,
+            baseline_halves: Some([first.errors(), second.errors()]),
         };
         let latency = Observed {
             baseline: self.baseline.latency(&self.bounds, 0.99),
             canary: self.canary.latency(&self.bounds, 0.99),
             note: None,
             periods: latency_periods,
+            baseline_halves: Some([first.latency(&self.bounds, 0.99), second.latency(&self.bounds, 0.99)]),
         };
         vec![Ok(errors.clone()), Ok(latency.clone()), Ok(errors), Ok(latency)]
     }
@@ -336,9 +352,12 @@ fn period(seconds: &[(SecondCounts, SecondCounts)], bounds: &[f64]) -> (PeriodPa
     )
 }
 
+/// One second of `model`'s requests, added to `counts` and, when given, to `halves`: each
+/// request to one of them at random.
 fn serve(
     model: &SideModel,
     counts: &mut SideCounts,
+    mut halves: Option<&mut [SideCounts; 2]>,
     moment: Moment,
     bounds: &[f64],
     rng: &mut impl RngCore,
@@ -350,14 +369,19 @@ fn serve(
     let errors = binomial(rng, model.rate, error_rate);
     counts.requests += model.rate;
     counts.errors += errors;
+    let mut first_half_requests = 0;
     let mut second = BTreeMap::new();
     let mut left = model.rate;
     while left > 0 {
         // Three 20-bit draws from each 64-bit number.
         let mut bits = rng.next_u64();
+        // The top four bits, which the draws leave, place each request in a half.
+        let mut half_bits = bits >> (3 * TABLE_BITS);
         for _ in 0..left.min(3) {
             let mut bucket = model.latency.draw(bits);
             bits >>= TABLE_BITS;
+            let half = (half_bits & 1) as usize;
+            half_bits >>= 1;
             if let Moment::Pause(pause) = moment {
                 // The request arrived during the pause with probability `pause` (of the
                 // second) and waits for the rest of it.
@@ -367,14 +391,22 @@ fn serve(
                     bucket = bounds.partition_point(|bound| *bound < delayed).min(bounds.len() - 1);
                 }
             }
-            counts.buckets[bucket] += 1;
+            counts.add(bucket);
             *second.entry(bucket).or_insert(0_u64) += 1;
-            counts.range = Some(match counts.range {
-                None => (bucket, bucket),
-                Some((low, high)) => (low.min(bucket), high.max(bucket)),
-            });
+            if let Some(halves) = halves.as_deref_mut() {
+                halves[half].add(bucket);
+                first_half_requests += u64::from(half == 0);
+            }
         }
         left -= left.min(3);
+    }
+    if let Some([first, second]) = halves {
+        // Which requests failed is independent of which half they fell in.
+        let first_errors = hypergeometric(rng, model.rate, first_half_requests, errors);
+        first.requests += first_half_requests;
+        first.errors += first_errors;
+        second.requests += model.rate - first_half_requests;
+        second.errors += errors - first_errors;
     }
     SecondCounts { requests: model.rate, errors, buckets: second.into_iter().collect() }
 }
@@ -397,6 +429,23 @@ pub fn binomial(rng: &mut impl RngCore, n: u64, p: f64) -> u64 {
         cdf += pmf;
     }
     k
+}
+
+/// How many of `marked` items out of `total` land in a draw of `drawn` without replacement:
+/// item by item, cheap for the few errors of a second.
+fn hypergeometric(rng: &mut impl RngCore, total: u64, drawn: u64, marked: u64) -> u64 {
+    let (mut left, mut room, mut hits) = (total, drawn, 0);
+    for _ in 0..marked {
+        if left == 0 {
+            break;
+        }
+        if rng.random_range(0..left) < room {
+            hits += 1;
+            room -= 1;
+        }
+        left -= 1;
+    }
+    hits
 }
 
 /// Requests per second of each side for a total `rate` and a canary `weight`.

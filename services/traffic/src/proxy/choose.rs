@@ -8,6 +8,7 @@ use super::ProxyBody;
 use crate::{
     balance::{bucket, cohort},
     route::{RuleMatch, StickyKey},
+    stats::Half,
     table::ActiveRoute,
 };
 
@@ -15,9 +16,11 @@ use crate::{
 /// migration, which may take weeks.
 const STICKY_COOKIE_MAX_AGE_SECS: u64 = 400 * 24 * 3600;
 
-/// The chosen backend, and a sticky cookie to set when the request had none.
+/// The chosen backend, the half of its statistics the request counts in, and a sticky
+/// cookie to set when the request had none.
 pub(super) struct Choice {
     pub(super) backend: usize,
+    pub(super) half: Half,
     pub(super) new_sticky_cookie: Option<String>,
 }
 
@@ -32,30 +35,34 @@ pub(super) fn backend(active: &ActiveRoute, headers: &HeaderMap) -> Option<Choic
             RuleMatch::Cookie { name, value } => cookie(headers, name).is_some_and(|found| found == value),
         };
         if matched {
-            return Some(Choice { backend: rule.backend, new_sticky_cookie: None });
+            return Some(Choice { backend: rule.backend, half: Half::random(), new_sticky_cookie: None });
         }
     }
     match &route.sticky {
         Some(StickyKey::Header(name)) => {
             if let Some(key) = headers.get(name) {
-                let backend = cohort(bucket(key.as_bytes()), &route.weights)?;
-                return Some(Choice { backend, new_sticky_cookie: None });
+                return sticky(key.as_bytes(), &route.weights, None);
             }
         }
         Some(StickyKey::Cookie(name)) => {
             if let Some(key) = cookie(headers, name) {
-                let backend = cohort(bucket(key.as_bytes()), &route.weights)?;
-                return Some(Choice { backend, new_sticky_cookie: None });
+                return sticky(key.as_bytes(), &route.weights, None);
             }
             let key = new_key();
-            let backend = cohort(bucket(key.as_bytes()), &route.weights)?;
             let cookie = format!("{name}={key}; Path=/; Max-Age={STICKY_COOKIE_MAX_AGE_SECS}; HttpOnly; SameSite=Lax");
-            return Some(Choice { backend, new_sticky_cookie: Some(cookie) });
+            return sticky(key.as_bytes(), &route.weights, Some(cookie));
         }
         None => {}
     }
     let backend = active.weighted.lock().pick(&route.weights)?;
-    Some(Choice { backend, new_sticky_cookie: None })
+    Some(Choice { backend, half: Half::random(), new_sticky_cookie: None })
+}
+
+/// The cohort of sticky `key`, and its half by the same bucket.
+fn sticky(key: &[u8], weights: &[u32], new_sticky_cookie: Option<String>) -> Option<Choice> {
+    let bucket = bucket(key);
+    let backend = cohort(bucket, weights)?;
+    Some(Choice { backend, half: Half::of_bucket(bucket), new_sticky_cookie })
 }
 
 /// Adds `cookie` to the response so the client keeps its cohort.

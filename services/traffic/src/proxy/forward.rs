@@ -8,7 +8,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::{ProxyBody, Worker, plain, upstream::Sent};
-use crate::{stats::Outcome, table::ActiveRoute};
+use crate::{
+    stats::{Half, Outcome},
+    table::ActiveRoute,
+};
 
 /// Headers that describe one hop, not the request, and so are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -44,7 +47,7 @@ pub(super) fn request_host<B>(request: &Request<B>) -> Option<String> {
 pub(super) async fn forward(
     worker: &Worker,
     active: &ActiveRoute,
-    backend: usize,
+    (backend, half): (usize, Half),
     client: SocketAddr,
     host: Option<String>,
     request: Request<Incoming>,
@@ -86,18 +89,18 @@ pub(super) async fn forward(
     let sent = worker.upstreams.send(endpoint, Request::from_parts(parts, body));
     match tokio::time::timeout(config.request_timeout, sent).await {
         Ok(Ok(Sent { response, handed })) => {
-            recorder.record(Outcome::Status(response.status().as_u16()), handed.elapsed());
+            recorder.record(half, Outcome::Status(response.status().as_u16()), handed.elapsed());
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
         }
         Ok(Err(error)) => {
-            recorder.record(Outcome::ConnectionError, started.elapsed());
+            recorder.record(half, Outcome::ConnectionError, started.elapsed());
             tracing::debug!(%error, %endpoint, "upstream request failed");
             plain(StatusCode::BAD_GATEWAY, "the backend could not be reached\n")
         }
         Err(_) => {
-            recorder.record(Outcome::ConnectionError, started.elapsed());
+            recorder.record(half, Outcome::ConnectionError, started.elapsed());
             plain(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n")
         }
     }
@@ -135,16 +138,17 @@ fn mirror(
     let upstreams = worker.upstreams.clone();
     let timeout = worker.proxy.config.request_timeout;
     let recorder = active.recorders[shadow].clone();
+    let half = Half::random();
     tokio::spawn(async move {
         let started = Instant::now();
         match tokio::time::timeout(timeout, upstreams.send(&endpoint, request)).await {
             Ok(Ok(Sent { response, handed })) => {
                 // Timed to the response head, as the real requests are.
-                recorder.record(Outcome::Status(response.status().as_u16()), handed.elapsed());
+                recorder.record(half, Outcome::Status(response.status().as_u16()), handed.elapsed());
                 // Drain so the pooled connection can be reused; the content is not wanted.
                 let _ = response.into_body().collect().await;
             }
-            Ok(Err(_)) | Err(_) => recorder.record(Outcome::ConnectionError, started.elapsed()),
+            Ok(Err(_)) | Err(_) => recorder.record(half, Outcome::ConnectionError, started.elapsed()),
         }
     });
 }

@@ -214,7 +214,7 @@ impl Worker {
         let Some(choice) = choose::backend(active, request.headers()) else {
             return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend with weight\n"));
         };
-        let response = forward::forward(&self, active, choice.backend, client, host, request).await;
+        let response = forward::forward(&self, active, (choice.backend, choice.half), client, host, request).await;
         Ok(match choice.new_sticky_cookie {
             Some(cookie) => choose::set_cookie(response, &cookie),
             None => response,

@@ -42,6 +42,14 @@ impl Totals {
         self.counts.add(outcome, micros);
         self.le[LE_MICROS.partition_point(|&bound| bound < micros)] += 1;
     }
+
+    /// Adds the totals of another series.
+    pub(super) fn merge(&mut self, other: &Totals) {
+        self.counts.merge(&other.counts);
+        for (mine, theirs) in self.le.iter_mut().zip(other.le) {
+            *mine += theirs;
+        }
+    }
 }
 
 /// Encodes every series' totals on each scrape.

@@ -5,10 +5,11 @@
 //!
 //! # Model
 //!
-//! Each route and backend pair is a series. The proxy resolves a [`Recorder`] for it once
-//! per route generation and backend ([`Stats::recorder`]) and calls [`Recorder::record`]
-//! for every request: one short uncontended lock, a few counter increments and one HDR
-//! histogram increment, no allocation, no lookup by name.
+//! Each route and backend pair is a series, kept as two halves of its requests ([`Half`]) so
+//! that the backend can be compared with itself. The proxy resolves a [`Recorder`] for it
+//! once per route generation and backend ([`Stats::recorder`]) and calls
+//! [`Recorder::record`] for every request: one short uncontended lock, a few counter
+//! increments and one HDR histogram increment, no allocation, no lookup by name.
 //!
 //! Time is cut into whole seconds of a monotonic clock counted from [`Stats::new`]. A series
 //! keeps the seconds of the last retention window (15 minutes by default); a snapshot merges
@@ -54,17 +55,19 @@
 //!
 //! # Memory
 //!
-//! Per series: the histogram of the second being written, 2560 counters of 4 bytes (10 KiB),
-//! plus about 130 bytes for every retained second that had requests (seconds without
-//! requests take nothing), plus 8 bytes per distinct latency bucket hit in that second. A
-//! second that hits more than 1280 buckets keeps its 10 KiB dense histogram instead, so a
-//! second never costs more than about 10 KiB. Over 15 minutes (900 seconds) that is about
-//! 0.2 MiB per series at 10 requests per second, about 1 MiB at 100 per second (~100 buckets
-//! a second), 2 to 4 MiB for busy backends with widely spread latencies (300 to 500 buckets),
-//! and at most about 9.5 MiB per series in the worst case. A snapshot allocates one 20 KiB
-//! merge histogram per backend.
+//! Per half-series: the histogram of the second being written, 2560 counters of 4 bytes
+//! (10 KiB), plus about 130 bytes for every retained second that had requests (seconds
+//! without requests take nothing), plus 8 bytes per distinct latency bucket hit in that
+//! second. A second that hits more than 1280 buckets keeps its 10 KiB dense histogram
+//! instead, so a second never costs more than about 10 KiB. Over 15 minutes (900 seconds)
+//! that is about 0.2 MiB per half at 10 requests per second, about 1 MiB at 100 per second
+//! (~100 buckets a second), 2 to 4 MiB for busy backends with widely spread latencies (300
+//! to 500 buckets), and at most about 9.5 MiB in the worst case. A backend is two halves,
+//! which hit mostly the same buckets: up to twice that per backend. A snapshot allocates
+//! three 20 KiB merge histograms per backend (each half, and their sum).
 
 mod export;
+mod halves;
 mod series;
 
 use std::{
@@ -79,7 +82,8 @@ use prometheus_client::registry::Registry;
 
 use self::{
     export::{StatsCollector, Totals, seconds},
-    series::{CONNECTION_ERROR, HIGHEST_MICROS, Period, SERVER_ERROR, Series, Summary, micros},
+    halves::Halves,
+    series::{CONNECTION_ERROR, HIGHEST_MICROS, Period, SERVER_ERROR, Summary, micros},
 };
 
 /// Retention when none is configured: long enough for a rollout stage's analysis window.
@@ -115,6 +119,53 @@ impl From<http::StatusCode> for Outcome {
     }
 }
 
+/// Which half of its backend's requests a request counts in. The halves are two samples of
+/// the same traffic, so how far apart they read is the backend's noise: the judge calls a
+/// canary worse only by more than its baseline differs from itself.
+///
+/// A request is placed the way a side is chosen for it: one with a sticky user key by the
+/// key's bucket, so that a user's requests stay in one half as they stay on one side; one
+/// without at random, as weighted round-robin spreads requests without regard to who sent
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    /// Requests of even sticky buckets, or drawn heads.
+    First,
+    /// Requests of odd sticky buckets, or drawn tails.
+    Second,
+}
+
+impl Half {
+    /// The half of a request whose sticky key fell in `bucket`. Cohorts are contiguous
+    /// ranges of buckets, so parity splits every cohort evenly.
+    pub fn of_bucket(bucket: u32) -> Self {
+        if bucket.is_multiple_of(2) { Self::First } else { Self::Second }
+    }
+
+    /// A half drawn at random, for a request without a user key.
+    pub fn random() -> Self {
+        if rand::random::<bool>() { Self::First } else { Self::Second }
+    }
+}
+
+/// What a snapshot reports: the window, and optionally its periods and halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    /// How far back to look (see [`Stats::snapshot`]).
+    pub window: Duration,
+    /// Cut each backend's window into periods of this length.
+    pub period: Option<Duration>,
+    /// Also report each backend's two [`Half`]s.
+    pub halves: bool,
+}
+
+impl Query {
+    /// Just the window: no periods, no halves.
+    pub fn window(window: Duration) -> Self {
+        Self { window, period: None, halves: false }
+    }
+}
+
 /// Request statistics of every route and backend. Clones share the same statistics, so the
 /// proxy, the gRPC service and `/metrics` each hold one; it is `Send` and `Sync`.
 #[derive(Clone, Debug)]
@@ -130,7 +181,7 @@ struct Inner {
     /// Whole seconds kept, at least 1.
     retention_secs: u64,
     /// Series by route, then backend; ordered so `/metrics` output is stable.
-    routes: RwLock<BTreeMap<String, BTreeMap<String, Arc<Series>>>>,
+    routes: RwLock<BTreeMap<String, BTreeMap<String, Arc<Halves>>>>,
 }
 
 impl Inner {
@@ -182,12 +233,12 @@ impl Stats {
         let backends = routes.entry(route.to_owned()).or_default();
         let series = backends
             .entry(backend.to_owned())
-            .or_insert_with(|| Arc::new(Series::new(self.inner.origin, self.inner.retention_secs)));
+            .or_insert_with(|| Arc::new(Halves::new(self.inner.origin, self.inner.retention_secs)));
         Recorder { series: series.clone() }
     }
 
-    /// Counts, quantiles and histogram of `route` per backend over the last `window`, ending
-    /// now.
+    /// Counts, quantiles and histogram of `route` per backend over the last `query.window`,
+    /// ending now.
     ///
     /// The window is counted in whole seconds including the current, partial one: it is
     /// rounded up to a whole second, at least one, and capped at the retention; the returned
@@ -195,18 +246,13 @@ impl Stats {
     /// to report, in that order, with zeros for one without requests; empty reports every
     /// backend that has a series, by name.
     ///
-    /// With a `period`, each backend's window is also cut into periods of that many whole
-    /// seconds (rounded up, at least one) on one grid shared by every backend, so that a
-    /// caller can compare the sides stretch by stretch and measure how much requests close in
-    /// time move together.
-    pub fn snapshot(
-        &self,
-        route: &str,
-        backends: &[String],
-        window: Duration,
-        period: Option<Duration>,
-    ) -> proto::TrafficStats {
-        self.snapshot_at(route, backends, window, period, Instant::now(), SystemTime::now())
+    /// With a `query.period`, each backend's window is also cut into periods of that many
+    /// whole seconds (rounded up, at least one) on one grid shared by every backend, so that
+    /// a caller can compare the sides stretch by stretch and measure how much requests close
+    /// in time move together. With `query.halves`, each backend also reports its two
+    /// [`Half`]s, without periods.
+    pub fn snapshot(&self, route: &str, backends: &[String], query: Query) -> proto::TrafficStats {
+        self.snapshot_at(route, backends, query, Instant::now(), SystemTime::now())
     }
 
     /// [`Stats::snapshot`] as seen at `now`, which is `wall` on the wall clock.
@@ -214,18 +260,17 @@ impl Stats {
         &self,
         route: &str,
         backends: &[String],
-        window: Duration,
-        period: Option<Duration>,
+        query: Query,
         now: Instant,
         wall: SystemTime,
     ) -> proto::TrafficStats {
-        let window_secs = whole_seconds(window).clamp(1, self.inner.retention_secs);
-        let period_secs = period.map(|period| whole_seconds(period).max(1));
+        let window_secs = whole_seconds(query.window).clamp(1, self.inner.retention_secs);
+        let period_secs = query.period.map(|period| whole_seconds(period).max(1));
         // The wall-clock time of a moment of the monotonic clock, as of `now` = `wall`.
         let wall_of = |instant: Instant| {
             wall.checked_sub(now.saturating_duration_since(instant)).unwrap_or(SystemTime::UNIX_EPOCH)
         };
-        let series: Vec<(String, Option<Arc<Series>>)> = {
+        let series: Vec<(String, Option<Arc<Halves>>)> = {
             let routes = self.inner.routes.read();
             let known = routes.get(route);
             if backends.is_empty() {
@@ -239,8 +284,18 @@ impl Stats {
         let backends = series
             .into_iter()
             .map(|(backend, series)| {
-                let summary = series.as_ref().map_or_else(Summary::empty, |series| series.summary_at(now, window_secs));
+                let [first, second] = [Half::First, Half::Second].map(|half| {
+                    series.as_ref().map_or_else(Summary::empty, |series| series.half_summary_at(half, now, window_secs))
+                });
+                let halves = if query.halves {
+                    vec![backend_stats(backend.clone(), &first), backend_stats(backend.clone(), &second)]
+                } else {
+                    Vec::new()
+                };
+                let mut summary = first;
+                summary.merge(&second);
                 let mut stats = backend_stats(backend, &summary);
+                stats.halves = halves;
                 if let (Some(period_secs), Some(series)) = (period_secs, &series) {
                     stats.periods = series
                         .periods_at(now, window_secs, period_secs)
@@ -286,19 +341,25 @@ impl Stats {
 /// Records the requests of one route and backend; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    series: Arc<Series>,
+    series: Arc<Halves>,
 }
 
 impl Recorder {
-    /// Counts one request that ended with `outcome` after `latency` (for a connection error,
-    /// the time until it failed).
-    pub fn record(&self, outcome: Outcome, latency: Duration) {
-        self.record_at(Instant::now(), outcome, latency);
+    /// Counts one request of `half` that ended with `outcome` after `latency` (for a
+    /// connection error, the time until it failed).
+    pub fn record(&self, half: Half, outcome: Outcome, latency: Duration) {
+        self.record_half_at(Instant::now(), half, outcome, latency);
     }
 
     /// [`Recorder::record`] at `now`.
+    pub(crate) fn record_half_at(&self, now: Instant, half: Half, outcome: Outcome, latency: Duration) {
+        self.series.record_at(now, half, outcome.slot(), micros(latency));
+    }
+
+    /// [`Recorder::record`] at `now`, in the first half.
+    #[cfg(test)]
     pub(crate) fn record_at(&self, now: Instant, outcome: Outcome, latency: Duration) {
-        self.series.record_at(now, outcome.slot(), micros(latency));
+        self.record_half_at(now, Half::First, outcome, latency);
     }
 }
 
@@ -354,6 +415,7 @@ fn backend_stats(backend: String, summary: &Summary) -> proto::BackendStats {
         latency: Some(latency),
         histogram: Some(proto::Histogram { buckets }),
         periods: Vec::new(),
+        halves: Vec::new(),
     }
 }
 

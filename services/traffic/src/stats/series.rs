@@ -98,6 +98,14 @@ impl Summary {
         Self { counts: Counts::default(), latencies: latency_histogram() }
     }
 
+    /// Adds the counts and latencies of another summary.
+    pub(super) fn merge(&mut self, other: &Summary) {
+        self.counts.merge(&other.counts);
+        for bucket in other.latencies.iter_recorded() {
+            self.latencies.saturating_record_n(bucket.value_iterated_to(), bucket.count_at_value());
+        }
+    }
+
     /// Adds the non-empty buckets of a dense histogram.
     fn merge_dense(&mut self, dense: &Histogram<u32>) {
         for bucket in dense.iter_recorded() {
@@ -156,6 +164,22 @@ impl Period {
             same
         });
     }
+}
+
+/// Periods of two series cut on the same grid, added up period by period: the periods
+/// of both, oldest first.
+pub(super) fn merge_periods(first: Vec<Period>, second: Vec<Period>) -> Vec<Period> {
+    let mut periods: BTreeMap<u64, Period> = BTreeMap::new();
+    for period in first.into_iter().chain(second) {
+        let merged = Period::of(&mut periods, period.index);
+        merged.counts.merge(&period.counts);
+        merged.buckets.extend(period.buckets);
+    }
+    let mut periods: Vec<Period> = periods.into_values().collect();
+    for period in &mut periods {
+        period.compact();
+    }
+    periods
 }
 
 /// The second being written, and the totals since start.

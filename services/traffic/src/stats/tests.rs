@@ -17,7 +17,7 @@ fn at(stats: &Stats, offset: Duration) -> Instant {
 
 fn snapshot(stats: &Stats, backends: &[&str], window: Duration, now: Duration) -> proto::TrafficStats {
     let backends: Vec<String> = backends.iter().map(|b| (*b).to_owned()).collect();
-    stats.snapshot_at("shop", &backends, window, None, at(stats, now), UNIX_EPOCH + WALL + now)
+    stats.snapshot_at("shop", &backends, Query::window(window), at(stats, now), UNIX_EPOCH + WALL + now)
 }
 
 fn only(stats: &proto::TrafficStats) -> &proto::BackendStats {
@@ -336,8 +336,8 @@ fn concurrent_recording_loses_no_counts() {
 #[test]
 fn recording_with_the_real_clock_shows_up_in_a_real_snapshot() {
     let stats = Stats::default();
-    stats.recorder("shop", "stable").record(Outcome::Status(200), ms(12));
-    let got = stats.snapshot("shop", &["stable".to_owned()], Duration::from_secs(60), None);
+    stats.recorder("shop", "stable").record(Half::random(), Outcome::Status(200), ms(12));
+    let got = stats.snapshot("shop", &["stable".to_owned()], Query::window(Duration::from_secs(60)));
     assert_eq!(only(&got).requests, 1);
     assert!(got.start.unwrap().seconds <= got.end.unwrap().seconds);
 }
@@ -351,8 +351,9 @@ fn periods_cut_the_window_on_one_grid_for_every_backend() {
     for second in 0..7_u64 {
         let when = at(&stats, Duration::from_secs(second) + ms(100));
         let latency = if second == 3 { ms(40) } else { ms(2) };
-        stable.record_at(when, Outcome::Status(200), latency);
-        stable.record_at(when, Outcome::Status(if second == 4 { 503 } else { 200 }), latency);
+        // One request in each half: the periods add the halves up.
+        stable.record_half_at(when, Half::First, Outcome::Status(200), latency);
+        stable.record_half_at(when, Half::Second, Outcome::Status(if second == 4 { 503 } else { 200 }), latency);
         if second == 1 || second == 5 {
             canary.record_at(when, Outcome::Status(200), latency);
         }
@@ -363,8 +364,7 @@ fn periods_cut_the_window_on_one_grid_for_every_backend() {
     let got = stats.snapshot_at(
         "shop",
         &backends,
-        Duration::from_secs(6),
-        Some(ms(1500)),
+        Query { window: Duration::from_secs(6), period: Some(ms(1500)), halves: false },
         now,
         UNIX_EPOCH + WALL + Duration::from_secs(6) + ms(500),
     );
@@ -390,4 +390,48 @@ fn periods_cut_the_window_on_one_grid_for_every_backend() {
     // Without a period, no breakdown.
     let plain = snapshot(&stats, &["stable"], Duration::from_secs(6), Duration::from_secs(6) + ms(500));
     assert!(only(&plain).periods.is_empty());
+}
+
+#[test]
+fn halves_split_a_backend_and_add_up_to_it() {
+    let stats = Stats::default();
+    let stable = stats.recorder("shop", "stable");
+    let now = at(&stats, ms(500));
+    for i in 0..10_u64 {
+        stable.record_half_at(now, Half::First, Outcome::Status(200), ms(1 + i));
+    }
+    for i in 0..6_u64 {
+        let status = if i < 2 { 503 } else { 200 };
+        stable.record_half_at(now, Half::Second, Outcome::Status(status), ms(20 + i));
+    }
+    let query = Query { window: Duration::from_secs(60), period: Some(Duration::from_secs(1)), halves: true };
+    let got = stats.snapshot_at("shop", &["stable".to_owned()], query, at(&stats, ms(900)), UNIX_EPOCH + WALL);
+    let backend = only(&got);
+    assert_eq!(backend.requests, 16);
+    let [first, second] = backend.halves.as_slice() else { panic!("two halves: {:?}", backend.halves) };
+    assert_eq!((first.requests, first.errors), (10, 0));
+    assert_eq!((second.requests, second.errors), (6, 2));
+    assert_eq!((first.backend.as_str(), second.backend.as_str()), ("stable", "stable"));
+    assert_eq!(histogram_total(first) + histogram_total(second), histogram_total(backend));
+    assert!(first.latency.unwrap().max_seconds < 0.011 && second.latency.unwrap().p50_seconds >= 0.020);
+    assert!(first.periods.is_empty() && second.periods.is_empty(), "halves carry no periods");
+    assert_eq!(backend.periods.iter().map(|period| period.requests).sum::<u64>(), 16);
+    // `/metrics` counts the backend once, both halves together.
+    let metrics = scrape(&stats);
+    let total = r#"ficus_traffic_request_duration_seconds_count{route="shop",backend="stable"} 16"#;
+    assert!(metrics.lines().any(|line| line == total), "{metrics}");
+    // Without asking, no halves.
+    assert!(only(&snapshot(&stats, &["stable"], Duration::from_secs(60), ms(900))).halves.is_empty());
+}
+
+#[test]
+fn random_halves_are_even_and_sticky_buckets_alternate() {
+    let firsts = (0..10_000).filter(|_| Half::random() == Half::First).count();
+    // Binomial(10000, 1/2): 4700..5300 is more than six standard deviations.
+    assert!((4700..5300).contains(&firsts), "{firsts} of 10000 in the first half");
+    assert_eq!(Half::of_bucket(0), Half::First);
+    assert_eq!(Half::of_bucket(7), Half::Second);
+    // A cohort's range of buckets splits evenly, whatever its bounds.
+    let cohort = 500..1000;
+    assert_eq!(cohort.clone().filter(|&bucket| Half::of_bucket(bucket) == Half::First).count(), cohort.len() / 2);
 }
