@@ -254,11 +254,9 @@ pub fn frame(rollout: &proto::Rollout, now: SystemTime) -> (String, String) {
         description => format!(": {description}"),
     };
     let header = format!(
-        "rollout {}  ·  route {}: {} -> {}  ·  {}\n{}  step {}{description}{in_step}",
+        "rollout {}  ·  route {}  ·  {}\n{}  step {}{description}{in_step}",
         rollout.id,
-        spec.route,
-        spec.stable_backend,
-        spec.canary_backend,
+        rollout::sides_of(&spec),
         rollout::strategy(rollout),
         rollout.phase().as_str_name(),
         rollout::step_of(rollout),

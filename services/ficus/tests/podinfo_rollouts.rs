@@ -62,6 +62,9 @@ const STABLE: &str = "v1";
 /// The canary's name on every route.
 const CANARY: &str = "v2";
 
+/// The name of an equal-footing baseline: a second instance of the stable release.
+const BASELINE: &str = "v1-copy";
+
 /// Four stages rather than the default five, to keep five A/A rollouts within minutes;
 /// 5% is kept because a small canary next to a large baseline is where noise is worst.
 const STAGES: [f64; 4] = [5.0, 20.0, 50.0, 100.0];
@@ -137,7 +140,7 @@ async fn identical_versions_are_promoted_every_time() {
     // A fresh route each time: its statistics start empty, so no rollout is judged on
     // the traffic of the one before.
     for run in 1..=A_A_ROLLOUTS {
-        let ended_run = plane.roll_out(&format!("aa-{run}"), &v1, &v2, FULL_RATE).await;
+        let ended_run = plane.roll_out(&format!("aa-{run}"), Sides::two(&v1, &v2), FULL_RATE).await;
         println!("A/A rollout {run} of {A_A_ROLLOUTS}: {ended_run}");
         ended.push(ended_run);
     }
@@ -182,6 +185,57 @@ async fn a_canary_failing_at_random_is_rolled_back() {
     rolled_back("A/B errors (--random-error)", "ab-errors", &flags, FULL_RATE).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equal_footing_copy_of_the_stable_release_is_the_baseline() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = Plane::start().await;
+    let v1 = Podinfo::start_with(&ONE_MS).await;
+    let copy = Podinfo::start_with(&ONE_MS).await;
+    let v2 = Podinfo::start_with(&ONE_MS).await;
+    let sides = Sides { stable: &v1, canary: &v2, baseline: Some(&copy) };
+    let ended = plane.roll_out("equal-footing", sides, FULL_RATE).await;
+    println!("A/A against an equal-footing baseline: {ended}");
+    assert_eq!(ended.rollout.phase(), Phase::Succeeded, "{ended}");
+    // The copy takes the canary's share from the stable side while the canary has less
+    // than all the traffic, and gives it back at 100%.
+    for stage in [500, 2_000, 5_000] {
+        assert!(ended.shares.contains(&(stage, stage)), "stage {stage}: {:?}\n{ended}", ended.shares);
+    }
+    assert!(
+        ended.shares.iter().all(|&(canary, baseline)| baseline == canary.min(10_000 - canary)),
+        "{:?}",
+        ended.shares
+    );
+    assert_eq!(ended.shares.last(), Some(&(10_000, 0)), "{ended}");
+    // Analysis compared the canary with the copy: equal shares, so about as many requests
+    // on each side, where the stable side would have had 19 times the canary's at 5%.
+    let judged: Vec<(u64, u64)> =
+        ended.samples.iter().copied().filter(|&(baseline, canary)| baseline.min(canary) >= 1_000).collect();
+    assert!(!judged.is_empty(), "no verdict with samples on both sides: {ended}");
+    for (baseline, canary) in judged {
+        let ratio = baseline as f64 / canary as f64;
+        assert!((0.8..1.25).contains(&ratio), "baseline {baseline} vs canary {canary} requests: {ended}");
+    }
+    assert_baseline_against_itself(&ended);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_twenty_milliseconds_slower_than_an_equal_footing_baseline_is_rolled_back() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = Plane::start().await;
+    let v1 = Podinfo::start_with(&ONE_MS).await;
+    let copy = Podinfo::start_with(&ONE_MS).await;
+    let v2 = Podinfo::start_with(&TWENTY_ONE_MS).await;
+    let sides = Sides { stable: &v1, canary: &v2, baseline: Some(&copy) };
+    let ended = plane.roll_out("equal-footing-ab", sides, FULL_RATE).await;
+    println!("A/B latency (+20 ms) against an equal-footing baseline: {ended}");
+    assert!(ended.rolled_back(), "the canary was not rolled back: {ended}");
+    // Rolled back to the previous stage, where the copy has that stage's share again.
+    let weight = |name: &str| ended.rollout.weights.get(name).copied().unwrap_or(0);
+    assert_eq!(weight(BASELINE), weight(CANARY).min(10_000 - weight(CANARY)), "{ended}");
+    println!("rolled back {} after the rollout started", ended.took_text());
+}
+
 /// Rolls `route` out from the 1 ms service to one started with `canary_flags`, asserts that
 /// the rollout was rolled back, and prints how long that took.
 async fn rolled_back(what: &str, route: &str, canary_flags: &[&str], pace: Pace) {
@@ -189,7 +243,7 @@ async fn rolled_back(what: &str, route: &str, canary_flags: &[&str], pace: Pace)
     let plane = Plane::start().await;
     let v1 = Podinfo::start_with(&ONE_MS).await;
     let v2 = Podinfo::start_with(canary_flags).await;
-    let ended = plane.roll_out(route, &v1, &v2, pace).await;
+    let ended = plane.roll_out(route, Sides::two(&v1, &v2), pace).await;
     println!("{what}: {ended}");
     assert!(ended.rolled_back(), "{what}: the canary was not rolled back: {ended}");
     assert_baseline_against_itself(&ended);
@@ -226,27 +280,40 @@ impl Plane {
 
     /// One strangler rollout from `v1` to `v2` on a new route `name`, under load and CPU
     /// contention from before it starts until it ends; returns how it ended.
-    async fn roll_out(&self, name: &str, v1: &Podinfo, v2: &Podinfo, pace: Pace) -> Ended {
-        self.put_route(name, v1, v2).await;
+    async fn roll_out(&self, name: &str, sides: Sides<'_>, pace: Pace) -> Ended {
+        self.put_route(name, &sides).await;
         let load = Load::start(self.proxy, name, pace.connections);
         self.warm_up(name, &load).await;
         let disturber = Disturber::start();
         let started = Instant::now();
         let id = format!("{name}-rollout");
-        let request = planner::CreateRolloutRequest { spec: Some(strangler(name, pace.window)), id: id.clone() };
+        let mut spec = strangler(name, pace.window);
+        if sides.baseline.is_some() {
+            spec.baseline_backend = BASELINE.to_owned();
+        }
+        let request = planner::CreateRolloutRequest { spec: Some(spec), id: id.clone() };
         let created = self.planner.clone().create_rollout(request).await.expect("the rollout is created").into_inner();
         let watch = Watch::start(self.planner.clone(), created.id.clone(), started);
         let rollout = self.wait_end(&created.id, &watch, started).await;
         let spins = disturber.stop().await;
         load.stop().await;
         let traffic = self.traffic_summary(name).await;
-        let history = watch.history.lock().lines.clone();
-        Ended { route: name.to_owned(), took: elapsed(&rollout), rollout, history, traffic, spins }
+        let (history, shares, samples) = {
+            let history = watch.history.lock();
+            (history.lines.clone(), history.shares.clone(), history.samples.clone())
+        };
+        Ended { route: name.to_owned(), took: elapsed(&rollout), rollout, history, shares, samples, traffic, spins }
     }
 
-    async fn put_route(&self, name: &str, v1: &Podinfo, v2: &Podinfo) {
-        let (v1, v2) = (v1.addr().to_string(), v2.addr().to_string());
+    async fn put_route(&self, name: &str, sides: &Sides<'_>) {
+        let (v1, v2) = (sides.stable.addr().to_string(), sides.canary.addr().to_string());
         let mut route = two_backends(name, (STABLE, &v1), (CANARY, &v2), 0);
+        if let Some(baseline) = sides.baseline {
+            route
+                .backends
+                .push(traffic::Backend { name: BASELINE.to_owned(), endpoints: vec![baseline.addr().to_string()] });
+            route.weights.insert(BASELINE.to_owned(), 0);
+        }
         // Only wrk's requests for this route's host reach it: routes of earlier rollouts
         // stay in the table, and each rollout is judged on its own traffic.
         route.r#match = Some(traffic::RouteMatch { hosts: vec![host(name)], path_prefix: String::new() });
@@ -358,6 +425,7 @@ fn strangler(route: &str, window: Duration) -> planner::RolloutSpec {
         failure_policy: planner::FailurePolicy::RollbackToPreviousStage.into(),
         manual_gate: false,
         scaling: None,
+        baseline_backend: String::new(),
     }
 }
 
@@ -438,10 +506,30 @@ impl Disturber {
     }
 }
 
+/// The podinfo instances a rollout moves traffic between.
+struct Sides<'a> {
+    stable: &'a Podinfo,
+    canary: &'a Podinfo,
+    /// An equal-footing baseline: another instance of the stable release.
+    baseline: Option<&'a Podinfo>,
+}
+
+impl<'a> Sides<'a> {
+    /// Stable and canary, judged against each other.
+    fn two(stable: &'a Podinfo, canary: &'a Podinfo) -> Self {
+        Self { stable, canary, baseline: None }
+    }
+}
+
 /// Every state a rollout went through, as `WatchRollout` reported it.
 #[derive(Default)]
 struct History {
     lines: Vec<String>,
+    /// The canary's and the equal-footing baseline's weights, in basis points, at every
+    /// state.
+    shares: Vec<(u32, u32)>,
+    /// Baseline and canary samples of `error-rate-vs-baseline` at every verdict.
+    samples: Vec<(u64, u64)>,
     /// The version of the latest state recorded.
     version: u64,
     /// The watch is over: the rollout ended, or the stream did.
@@ -458,6 +546,7 @@ impl History {
         };
         self.version = self.version.max(rollout.version);
         let canary = rollout.weights.get(CANARY).copied().unwrap_or(0);
+        self.shares.push((canary, rollout.weights.get(BASELINE).copied().unwrap_or(0)));
         self.lines.push(format!(
             "{:>6.1}s {:<11} step {:>2} {CANARY}={:>3}%  {}",
             at.as_secs_f64(),
@@ -470,6 +559,8 @@ impl History {
             let key = verdict_key(verdict);
             if self.last_verdict != Some(key) {
                 self.last_verdict = Some(key);
+                let compared = verdict.checks.iter().find(|check| check.name == "error-rate-vs-baseline");
+                self.samples.extend(compared.map(|check| (check.baseline_samples, check.canary_samples)));
                 // A transition that is not the verdict's own (one the watch caught up on,
                 // or a step change) does not say what the verdict was.
                 if !event.reason.contains(&verdict.reason) {
@@ -543,6 +634,10 @@ struct Ended {
     rollout: planner::Rollout,
     took: Option<Duration>,
     history: Vec<String>,
+    /// See [`History::shares`].
+    shares: Vec<(u32, u32)>,
+    /// See [`History::samples`].
+    samples: Vec<(u64, u64)>,
     traffic: String,
     spins: u64,
 }

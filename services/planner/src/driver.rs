@@ -290,7 +290,9 @@ impl Drive {
         let request = analysis::StartRunRequest {
             target: Some(analysis::Target {
                 route: spec.route.clone(),
-                baseline: spec.stable_backend.clone(),
+                // An equal-footing baseline, when the rollout has one, is what the canary
+                // is compared with; else the stable side.
+                baseline: spec.baseline_backend.clone().unwrap_or_else(|| spec.stable_backend.clone()),
                 canary: spec.canary_backend.clone(),
             }),
             template,

@@ -59,9 +59,12 @@ impl PlannerService {
                     return Err(Error::Unavailable { service: "traffic", reason: status.message().to_owned() });
                 }
             };
-        for (field, name) in
-            [("spec.stable_backend", &validated.stable_backend), ("spec.canary_backend", &validated.canary_backend)]
-        {
+        let sides = [
+            ("spec.stable_backend", Some(&validated.stable_backend)),
+            ("spec.canary_backend", Some(&validated.canary_backend)),
+            ("spec.baseline_backend", validated.baseline_backend.as_ref()),
+        ];
+        for (field, name) in sides.into_iter().filter_map(|(field, name)| Some((field, name?))) {
             if !route.backends.iter().any(|backend| &backend.name == name) {
                 return Err(InvalidField::new(field, format!("route `{}` has no backend `{name}`", route.name)).into());
             }

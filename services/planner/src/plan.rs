@@ -76,7 +76,8 @@ pub struct Step {
     pub kind: StepKind,
     /// The canary's weight in force during the step, in basis points.
     pub weight: u32,
-    /// The weights sent to traffic: `{stable: 10000 − weight, canary: weight}`.
+    /// The weights sent to traffic: `{stable: 10000 − weight, canary: weight}`, with an
+    /// equal-footing baseline's share taken from the stable side's.
     pub weights: HashMap<String, u32>,
     /// Checks for an analysed step: the canary step's own template, else the stage template
     /// for the weight, else the rollout's; `None` for an analysed step means the analysis
@@ -140,15 +141,14 @@ impl Step {
 /// The ordered steps of a rollout; always non-empty and ending at 100%.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    stable_backend: String,
-    canary_backend: String,
+    sides: Sides,
     steps: Vec<Step>,
 }
 
 impl Plan {
     /// The plan of a validated spec.
     pub fn new(spec: &Spec) -> Self {
-        let mut builder = Builder { spec, steps: Vec::new(), weight: 0 };
+        let mut builder = Builder { spec, sides: Sides::of(spec), steps: Vec::new(), weight: 0 };
         match &spec.strategy {
             Strategy::Strangler(stages) => {
                 for stage in stages {
@@ -179,11 +179,7 @@ impl Plan {
         if builder.weight < FULL_WEIGHT {
             builder.set_weight(FULL_WEIGHT);
         }
-        Self {
-            stable_backend: spec.stable_backend.clone(),
-            canary_backend: spec.canary_backend.clone(),
-            steps: builder.steps,
-        }
+        Self { sides: builder.sides, steps: builder.steps }
     }
 
     /// The steps in order.
@@ -226,7 +222,7 @@ impl Plan {
     /// The weights map traffic takes for a canary `weight` (basis points), e.g. for a
     /// rollback to [`Plan::previous_weight`] or an abort to 0.
     pub fn weights(&self, weight: u32) -> HashMap<String, u32> {
-        weights(&self.stable_backend, &self.canary_backend, weight)
+        self.sides.weights(weight)
     }
 
     /// The plan as the API shows it.
@@ -239,15 +235,49 @@ impl Plan {
     }
 }
 
-/// `{stable: 10000 − weight, canary: weight}`.
-fn weights(stable: &str, canary: &str, weight: u32) -> HashMap<String, u32> {
-    let weight = weight.min(FULL_WEIGHT);
-    HashMap::from([(stable.to_owned(), FULL_WEIGHT - weight), (canary.to_owned(), weight)])
+/// The backends a rollout moves traffic between.
+#[derive(Clone, Debug, PartialEq)]
+struct Sides {
+    stable: String,
+    canary: String,
+    /// The equal-footing baseline, when the spec names one.
+    baseline: Option<String>,
+}
+
+impl Sides {
+    fn of(spec: &Spec) -> Self {
+        Self {
+            stable: spec.stable_backend.clone(),
+            canary: spec.canary_backend.clone(),
+            baseline: spec.baseline_backend.clone(),
+        }
+    }
+
+    /// `{stable: 10000 − weight, canary: weight}`; with a baseline, the baseline takes the
+    /// canary's share out of the stable side's, as far as the stable side has it:
+    /// `{stable: 10000 − weight − b, baseline: b, canary: weight}` with
+    /// `b = min(weight, 10000 − weight)`, so 0 at 0% and at 100%.
+    fn weights(&self, weight: u32) -> HashMap<String, u32> {
+        let weight = weight.min(FULL_WEIGHT);
+        let rest = FULL_WEIGHT - weight;
+        match &self.baseline {
+            None => HashMap::from([(self.stable.clone(), rest), (self.canary.clone(), weight)]),
+            Some(baseline) => {
+                let matched = weight.min(rest);
+                HashMap::from([
+                    (self.stable.clone(), rest - matched),
+                    (baseline.clone(), matched),
+                    (self.canary.clone(), weight),
+                ])
+            }
+        }
+    }
 }
 
 /// Accumulates steps while tracking the weight in force.
 struct Builder<'a> {
     spec: &'a Spec,
+    sides: Sides,
     steps: Vec<Step>,
     weight: u32,
 }
@@ -277,7 +307,7 @@ impl Builder<'_> {
         self.steps.push(Step {
             kind,
             weight,
-            weights: weights(&self.spec.stable_backend, &self.spec.canary_backend, weight),
+            weights: self.sides.weights(weight),
             template,
             replicas: self.spec.scaling.map(|scaling| scaling.at_weight(weight)),
         });

@@ -60,6 +60,9 @@ pub struct Spec {
     pub stable_backend: String,
     /// Backend that takes the traffic over.
     pub canary_backend: String,
+    /// A fresh copy of the stable release that gets the canary's share and is its
+    /// baseline; `None` judges the canary against the stable backend.
+    pub baseline_backend: Option<String>,
     /// How the weight moves, with defaults filled in.
     pub strategy: Strategy,
     /// Analysis run during observed steps; `None` runs none.
@@ -188,6 +191,7 @@ impl Spec {
                 ),
             ));
         }
+        let baseline_backend = equal_footing(spec, field)?;
         let strategy = match &spec.strategy {
             Some(proto::rollout_spec::Strategy::Canary(canary)) => canary_steps(canary, &format!("{field}.canary"))?,
             Some(proto::rollout_spec::Strategy::Strangler(strangler)) => {
@@ -218,6 +222,7 @@ impl Spec {
             route: spec.route.clone(),
             stable_backend: spec.stable_backend.clone(),
             canary_backend: spec.canary_backend.clone(),
+            baseline_backend,
             strategy,
             analysis,
             failure_policy,
@@ -225,6 +230,32 @@ impl Spec {
             scaling,
         })
     }
+}
+
+/// The spec's `baseline_backend`: a name of its own, and not with blue-green, which has no
+/// canary share to give it.
+fn equal_footing(spec: &proto::RolloutSpec, field: &str) -> Result<Option<String>, InvalidField> {
+    let baseline = &spec.baseline_backend;
+    if baseline.is_empty() {
+        return Ok(None);
+    }
+    let path = format!("{field}.baseline_backend");
+    check_name(&path, baseline)?;
+    if *baseline == spec.stable_backend || *baseline == spec.canary_backend {
+        return Err(InvalidField::new(
+            path,
+            format!(
+                "`{baseline}` is already a side of the rollout; the baseline is a third backend, a fresh copy of the stable release"
+            ),
+        ));
+    }
+    if matches!(spec.strategy, Some(proto::rollout_spec::Strategy::BlueGreen(_))) {
+        return Err(InvalidField::new(
+            path,
+            "blue-green previews at 0% and switches at once: there is no canary share for a baseline to match",
+        ));
+    }
+    Ok(Some(baseline.clone()))
 }
 
 fn canary_steps(canary: &proto::CanaryStrategy, field: &str) -> Result<Strategy, InvalidField> {

@@ -188,10 +188,13 @@ async fn bad_specs_and_a_second_rollout_on_a_route_are_refused() {
     unknown_route.route = "nope".into();
     let mut unknown_backend = strangler(&[(20.0, secs(60))], &[], POLICY_ROLLBACK, false);
     unknown_backend.canary_backend = "elsewhere".into();
+    let mut unknown_baseline = strangler(&[(20.0, secs(60))], &[], POLICY_ROLLBACK, false);
+    unknown_baseline.baseline_backend = "legacy-copy".into();
     let falling = strangler(&[(50.0, secs(60)), (20.0, secs(60))], &[], POLICY_ROLLBACK, false);
     for (spec, field) in [
         (unknown_route, "spec.route"),
         (unknown_backend, "spec.canary_backend"),
+        (unknown_baseline, "spec.baseline_backend"),
         (falling, "spec.strangler.stages[1].weight"),
     ] {
         let status = api

@@ -210,12 +210,25 @@ pub fn step_description(rollout: &proto::Rollout) -> &str {
     usize::try_from(rollout.step).ok().and_then(|index| steps.get(index)).map_or("", |step| &step.description)
 }
 
-/// The weights in force, stable backend first.
+/// The weights in force: stable backend, then an equal-footing baseline, then the canary.
 pub fn weights_of(rollout: &proto::Rollout) -> String {
     let spec = rollout.spec.as_ref();
-    let order =
-        [spec.map_or("", |spec| spec.stable_backend.as_str()), spec.map_or("", |spec| spec.canary_backend.as_str())];
+    let order = [
+        spec.map_or("", |spec| spec.stable_backend.as_str()),
+        spec.map_or("", |spec| spec.baseline_backend.as_str()),
+        spec.map_or("", |spec| spec.canary_backend.as_str()),
+    ];
     output::weights(&rollout.weights, &order)
+}
+
+/// The route and its sides, e.g. `checkout (legacy -> k8s)` or, with an equal-footing
+/// baseline, `checkout (legacy -> k8s, judged against legacy-copy)`.
+pub fn sides_of(spec: &proto::RolloutSpec) -> String {
+    let judged = match spec.baseline_backend.as_str() {
+        "" => String::new(),
+        baseline => format!(", judged against {baseline}"),
+    };
+    format!("{} ({} -> {}{judged})", spec.route, spec.stable_backend, spec.canary_backend)
 }
 
 /// The verdict in one line, e.g. `PASS: score 100: 3 of 3 checks passed`, with the score
@@ -267,7 +280,7 @@ pub fn details(rollout: &proto::Rollout) -> String {
     let mut fields = Fields::new();
     fields
         .field("id", &rollout.id)
-        .field("route", format!("{} ({} -> {})", spec.route, spec.stable_backend, spec.canary_backend))
+        .field("route", sides_of(&spec))
         .field("strategy", strategy(rollout))
         .field("phase", rollout.phase().as_str_name())
         .field("step", format!("{} {}", step_of(rollout), step_description(rollout)).trim_end())

@@ -364,6 +364,7 @@ async fn create(api: &mut PlannerClient<TracedChannel>, window: Duration, id: &s
         failure_policy: planner::FailurePolicy::RollbackToPreviousStage.into(),
         manual_gate: false,
         scaling: None,
+        baseline_backend: String::new(),
     };
     let request = planner::CreateRolloutRequest { spec: Some(spec), id: id.to_owned() };
     Ok(api.create_rollout(request).await.map_err(call("create rollout"))?.into_inner().id)

@@ -60,6 +60,7 @@ impl JsonSchema for RolloutFields {
                 "route": name,
                 "stableBackend": name,
                 "canaryBackend": name,
+                "baselineBackend": name,
                 "canary": free,
                 "strangler": free,
                 "blueGreen": free,

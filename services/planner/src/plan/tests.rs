@@ -309,3 +309,25 @@ failurePolicy: ROLLBACK_TO_PREVIOUS_STAGE
     assert_eq!(reread, spec);
     assert!(written.contains("stableBackend: legacy"), "proto3 JSON names, as a user writes them: {written}");
 }
+
+#[test]
+fn an_equal_footing_baseline_gets_the_canary_share_from_the_stable_side() {
+    let mut spec = default_strangler();
+    spec.baseline_backend = "legacy-copy".into();
+    let plan = plan_of(&spec);
+    let share = |weights: &HashMap<String, u32>| (weights["legacy"], weights["legacy-copy"], weights["k8s"]);
+    // 5/20/50/80/100: the copy matches the canary up to half, then takes what is left.
+    let set: Vec<(u32, u32, u32)> = plan
+        .steps()
+        .iter()
+        .filter(|step| matches!(step.kind, StepKind::SetWeight { .. }))
+        .map(|step| share(&step.weights))
+        .collect();
+    assert_eq!(set, [(9_000, 500, 500), (6_000, 2_000, 2_000), (0, 5_000, 5_000), (0, 2_000, 8_000), (0, 0, 10_000)]);
+    assert!(plan.steps().iter().all(|step| step.weights.values().sum::<u32>() == FULL_WEIGHT));
+    // Rolling back or aborting gives the copy's share back with the canary's.
+    assert_eq!(share(&plan.weights(0)), (10_000, 0, 0));
+    assert_eq!(share(&plan.weights(2_000)), (6_000, 2_000, 2_000));
+    // Without one, two backends as before.
+    assert_eq!(plan_of(&default_strangler()).weights(500).len(), 2);
+}

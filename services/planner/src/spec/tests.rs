@@ -270,3 +270,22 @@ fn stage_templates_pick_the_first_that_covers_the_weight() {
     assert_eq!(name(5000), Some("looser"));
     assert_eq!(name(8000), Some("default"));
 }
+
+#[test]
+fn an_equal_footing_baseline_is_a_third_backend_and_not_for_blue_green() {
+    let with_baseline = |mut spec: proto::RolloutSpec, baseline: &str| {
+        spec.baseline_backend = baseline.into();
+        spec
+    };
+    let accepted = Spec::from_proto(&with_baseline(strangler(&[], None), "legacy-copy"), "spec").expect("valid");
+    assert_eq!(accepted.baseline_backend.as_deref(), Some("legacy-copy"));
+    assert_eq!(Spec::from_proto(&strangler(&[], None), "spec").expect("valid").baseline_backend, None);
+    for spec in [
+        with_baseline(strangler(&[], None), "legacy"),
+        with_baseline(strangler(&[], None), "k8s"),
+        with_baseline(strangler(&[], None), "no spaces"),
+        with_baseline(blue_green(None, None), "legacy-copy"),
+    ] {
+        assert_eq!(refused(&spec), "spec.baseline_backend", "{spec:?}");
+    }
+}

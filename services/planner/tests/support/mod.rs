@@ -152,6 +152,7 @@ pub fn strangler(
         failure_policy: policy.into(),
         manual_gate,
         scaling: None,
+        baseline_backend: String::new(),
     }
 }
 
