@@ -245,7 +245,8 @@ fn equal_footing(spec: &proto::RolloutSpec, field: &str) -> Result<Option<String
         return Err(InvalidField::new(
             path,
             format!(
-                "`{baseline}` is already a side of the rollout; the baseline is a third backend, a fresh copy of the stable release"
+                "`{baseline}` is already a side of the rollout; the baseline is a third backend, \
+                 a fresh copy of the stable release"
             ),
         ));
     }
