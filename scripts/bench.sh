@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-tools.sh
-cargo bench --locked -p ficus-traffic -p ficus-sessions -p ficus-analysis "$@"
+cargo bench --locked -p ficus-traffic -p ficus-sessions -p ficus-analysis -p ficus "$@"
