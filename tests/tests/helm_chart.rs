@@ -564,3 +564,35 @@ fn the_chart_readme_documents_every_value() {
     }
     assert!(missing.is_empty(), "README.md lacks rows for {missing:?}");
 }
+
+#[test]
+fn api_clients_reach_only_the_services_they_are_listed_for() {
+    let app = r"networkPolicy.apiClients.sessions[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=shop";
+    let objects = manifest::render(&[], &[app]).expect("rendered");
+    let mut seen = 0;
+    for object in &objects {
+        let Object::NetworkPolicy(policy) = object else { continue };
+        let Some(component) = component_of(&policy.metadata) else { continue };
+        if component == "test" || component == "redis" {
+            continue;
+        }
+        let ingress = policy.spec.as_ref().and_then(|spec| spec.ingress.clone()).unwrap_or_default();
+        let grpc = ingress
+            .iter()
+            .find(|rule| {
+                rule.ports.iter().flatten().any(|port| {
+                    port.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("grpc".into()))
+                })
+            })
+            .unwrap_or_else(|| panic!("{component}: no gRPC ingress"));
+        let shop = grpc.from.iter().flatten().any(|peer| {
+            peer.namespace_selector
+                .as_ref()
+                .and_then(|selector| selector.match_labels.as_ref())
+                .is_some_and(|labels| labels.get("kubernetes.io/metadata.name").map(String::as_str) == Some("shop"))
+        });
+        assert_eq!(shop, component == "sessions", "{component}: the app's namespace reaches it: {shop}");
+        seen += 1;
+    }
+    assert_eq!(seen, SERVICES.len(), "one policy per service");
+}

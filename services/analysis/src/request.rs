@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ficus_kit::status::InvalidField;
+use ficus_kit::status::{InvalidField, positive_duration};
 use ficus_proto::analysis::v1 as proto;
 
 use crate::{
@@ -110,16 +110,10 @@ pub fn template(
     Ok((template, validated))
 }
 
-/// An optional duration that, when set, is positive.
+/// An optional duration that, when set, is well formed, positive and at most
+/// [`MAX_DURATION`](ficus_kit::status::MAX_DURATION).
 pub fn positive(duration: Option<&pbjson_types::Duration>, field: &str) -> Result<Option<Duration>, Error> {
-    match duration {
-        None => Ok(None),
-        Some(duration) => Duration::try_from(*duration)
-            .ok()
-            .filter(|duration| !duration.is_zero())
-            .map(Some)
-            .ok_or_else(|| InvalidField::new(field, "must be a positive duration").into()),
-    }
+    Ok(positive_duration(duration, field)?)
 }
 
 /// The warm-up of a run: positive and at most [`MAX_INITIAL_DELAY`] when set, so that

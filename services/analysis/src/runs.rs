@@ -110,7 +110,7 @@ impl Runs {
             state: proto::RunState::Running.into(),
             last_verdict: None,
             started_at: Some(time::timestamp(started)),
-            ends_at: spec.duration.map(|duration| time::timestamp(started + duration)),
+            ends_at: spec.duration.and_then(|duration| started.checked_add(duration)).map(time::timestamp),
             initial_delay: (!spec.initial_delay.is_zero()).then(|| spec.initial_delay.into()),
         };
         match self.store.put(&key(&id), run.encode_to_vec(), Expect::Absent, None).await {
@@ -206,9 +206,12 @@ impl Runs {
         }
         // Judging starts after the warm-up and reads only what follows it; a run resumed
         // after a restart waits for what is left of it.
-        let judged_from = started + spec.initial_delay;
+        // Durations are capped at validation, so these sums fit; checked all the same, as a
+        // panic here would stop the run without a word.
+        let judged_from = started.checked_add(spec.initial_delay).unwrap_or(started);
         let warming = judged_from.duration_since(SystemTime::now()).unwrap_or_default();
-        let first = tokio::time::Instant::now() + warming + spec.interval;
+        let now = tokio::time::Instant::now();
+        let first = now.checked_add(warming.saturating_add(spec.interval)).unwrap_or(now);
         let mut ticks = tokio::time::interval_at(first, spec.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

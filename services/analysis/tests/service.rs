@@ -26,14 +26,28 @@ struct Plane {
 
 impl Plane {
     async fn start(prometheus: Option<String>) -> Self {
+        Self::start_on(prometheus, None).await
+    }
+
+    /// A plane whose analysis reads a real Prometheus server (as its configured one) that
+    /// scrapes traffic's `/metrics`.
+    async fn start_scraped() -> (Self, PrometheusServer) {
+        // Prometheus is told traffic's admin address before traffic binds it; it scrapes
+        // every second and catches up once traffic is up.
+        let traffic_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let prometheus = PrometheusServer::start(&[traffic_admin]).await;
+        let plane = Self::start_on(Some(prometheus.url()), Some(traffic_admin)).await;
+        (plane, prometheus)
+    }
+
+    async fn start_on(prometheus: Option<String>, traffic_admin: Option<SocketAddr>) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let shutdown = CancellationToken::new();
-        let traffic = ficus_traffic::start(
-            ficus_traffic::Config::ephemeral(data.path().join("traffic").display().to_string()),
-            shutdown.clone(),
-        )
-        .await
-        .expect("traffic starts");
+        let mut traffic_config = ficus_traffic::Config::ephemeral(data.path().join("traffic").display().to_string());
+        if let Some(admin) = traffic_admin {
+            traffic_config.server.admin_addr = admin;
+        }
+        let traffic = ficus_traffic::start(traffic_config, shutdown.clone()).await.expect("traffic starts");
         let mut config = ficus_analysis::Config::ephemeral(
             data.path().join("analysis").display().to_string(),
             traffic.grpc_addr.to_string(),
@@ -161,8 +175,7 @@ async fn a_failing_source_is_inconclusive_with_the_error() {
 #[tokio::test]
 async fn prometheus_series_are_read_per_backend_and_judged() {
     let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
-    let plane = Plane::start(None).await;
-    let prometheus = PrometheusServer::start(&[plane.traffic.admin_addr]).await;
+    let (plane, prometheus) = Plane::start_scraped().await;
     let api = AnalysisClient::new(ficus_testkit::grpc::channel(plane.analysis.grpc_addr));
     plane.route(&stable, &canary).await;
     canary.set_status(503);
@@ -177,7 +190,8 @@ async fn prometheus_series_are_read_per_backend_and_judged() {
             metric: Some(proto::Metric {
                 source: Some(proto::metric::Source::Prometheus(proto::PrometheusMetric {
                     query: errors.into(),
-                    address: prometheus.url(),
+                    // The configured server.
+                    address: String::new(),
                     value_kind: proto::prometheus_metric::ValueKind::Rate.into(),
                     samples_query: total.into(),
                     step: None,
@@ -204,6 +218,18 @@ async fn prometheus_series_are_read_per_backend_and_judged() {
     let check = &verdict.checks[0];
     assert_eq!(check.baseline_value, 0.0);
     assert_eq!(check.canary_value, 1.0);
+
+    // Another server, e.g. a cloud metadata address, is refused by field before anything
+    // is sent to it: the template is the caller's, the reach is analysis'.
+    let mut elsewhere = template.clone();
+    if let Some(proto::metric::Source::Prometheus(metric)) =
+        elsewhere.checks[0].metric.as_mut().and_then(|metric| metric.source.as_mut())
+    {
+        metric.address = "http://169.254.169.254".into();
+    }
+    let status = api.clone().analyze(analyze(Some(elsewhere))).await.expect_err("another server accepted");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(invalid_field(&status).as_deref(), Some("template.checks[0].metric.prometheus.address"), "{status:?}");
     drop(prometheus);
     plane.stop().await;
 }
@@ -369,5 +395,31 @@ async fn bad_requests_name_the_field() {
     request.target = Some(proto::Target { canary: "stable".into(), ..target() });
     let status = plane.api.analyze(request).await.expect_err("same backends accepted");
     assert_eq!(invalid_field(&status).as_deref(), Some("target.canary"));
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn durations_too_long_to_add_to_a_clock_are_refused_and_the_service_keeps_serving() {
+    let mut plane = Plane::start(None).await;
+    let far = Some(pbjson_types::Duration { seconds: i64::MAX, nanos: 0 });
+    let year_and_a_day = Some(pbjson_types::Duration { seconds: 367 * 24 * 3600, nanos: 0 });
+    let requests = [
+        (proto::StartRunRequest { target: Some(target()), duration: far, ..Default::default() }, "duration"),
+        (proto::StartRunRequest { target: Some(target()), interval: far, ..Default::default() }, "interval"),
+        (proto::StartRunRequest { target: Some(target()), window: year_and_a_day, ..Default::default() }, "window"),
+    ];
+    for (request, field) in requests {
+        let status = plane.api.start_run(request).await.expect_err("an overflowing duration accepted");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(invalid_field(&status).as_deref(), Some(field), "{status:?}");
+        assert!(status.message().contains("at most 366 days"), "{status:?}");
+    }
+    let mut request = analyze(None);
+    request.window = far;
+    let status = plane.api.analyze(request).await.expect_err("an overflowing window accepted");
+    assert_eq!(invalid_field(&status).as_deref(), Some("window"), "{status:?}");
+    // Nothing was started, and the service still answers.
+    let verdict = plane.api.analyze(analyze(Some(fixed(0.0)))).await.expect("a good request still answers");
+    assert_eq!(verdict.into_inner().checks.len(), 1);
     plane.stop().await;
 }

@@ -5,6 +5,7 @@
 //! headers, so the callee's server span becomes its child.
 
 use std::{
+    path::Path,
     task::{Context, Poll},
     time::Duration,
 };
@@ -15,6 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 use tower::Service;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::auth::TokenFileError;
 
 /// How long establishing a connection may take before the call fails with UNAVAILABLE.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,25 +36,75 @@ pub struct AddressError {
 /// A lazily connecting channel to `address` (`http://host:port` or `host:port`); each call
 /// may take at most `timeout`.
 pub fn connect(address: &str, timeout: Duration) -> Result<TracedChannel, AddressError> {
+    connect_as(address, timeout, None)
+}
+
+/// [`connect`], presenting `token` on every call when given.
+pub fn connect_as(
+    address: &str,
+    timeout: Duration,
+    token: Option<&BearerToken>,
+) -> Result<TracedChannel, AddressError> {
     let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|source| AddressError { address: address.to_owned(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)
         .tcp_nodelay(true);
-    Ok(TraceContext { inner: endpoint.connect_lazy() })
+    let authorization = token.map(|token| token.0.clone());
+    Ok(TraceContext { inner: endpoint.connect_lazy(), authorization })
 }
 
-/// Wraps calls in a client span and injects its context into the request headers.
+/// A bearer token a client presents in `authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct BearerToken(HeaderValue);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+impl BearerToken {
+    /// `token`, which must be visible ASCII without spaces.
+    pub fn new(token: &str) -> Result<Self, InvalidToken> {
+        let usable = !token.is_empty() && token.bytes().all(|byte| byte.is_ascii_graphic());
+        let mut value =
+            usable.then(|| HeaderValue::try_from(format!("Bearer {token}")).ok()).flatten().ok_or(InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+
+    /// The token in the file at `path`, surrounding whitespace ignored.
+    pub fn from_file(path: &Path) -> Result<Self, TokenFileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })?;
+        Self::new(text.trim()).map_err(|InvalidToken| TokenFileError::Line {
+            path: path.to_owned(),
+            line: 1,
+            reason: InvalidToken.to_string(),
+        })
+    }
+}
+
+/// A token that cannot travel in a header.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("a bearer token must be visible ASCII characters without spaces")]
+pub struct InvalidToken;
+
+/// Wraps calls in a client span and injects its context into the request headers, with
+/// the caller's credential when it has one.
 #[derive(Clone, Debug)]
 pub struct TraceContext<S> {
     inner: S,
+    /// `Bearer <token>`, marked sensitive so it is never logged.
+    authorization: Option<HeaderValue>,
 }
 
 impl<S> TraceContext<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, with no credential.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self { inner, authorization: None }
     }
 }
 
@@ -77,6 +130,9 @@ where
             rpc.system = "grpc",
         );
         inject(&span, request.headers_mut());
+        if let Some(authorization) = &self.authorization {
+            request.headers_mut().insert(http::header::AUTHORIZATION, authorization.clone());
+        }
         let _entered = span.enter();
         self.inner.call(request).in_current_span()
     }

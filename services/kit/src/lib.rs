@@ -3,10 +3,11 @@
 //! A service crate is a library that builds its gRPC routes; `kit` does the rest the same
 //! way for all four: configuration ([`config`]), logs and traces ([`telemetry`]), serving
 //! gRPC with health, reflection, metrics and an admin port, and shutting down gracefully
-//! ([`server`], [`shutdown`]), calling other services with trace context ([`client`]),
+//! ([`server`], [`shutdown`]), who may call what ([`auth`]), calling other services with trace context ([`client`]),
 //! turning errors into gRPC statuses ([`status`]), and durable state ([`store`]).
 //! [`main`] ties these together so each binary is a few lines.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 mod entry;

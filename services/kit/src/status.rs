@@ -4,7 +4,7 @@
 //! those statuses uniform: the field path in both the message and `google.rpc.BadRequest`,
 //! the current version of a conflicting object in `google.rpc.ErrorInfo`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 
@@ -59,6 +59,32 @@ pub fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
             format!("`{name}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
         ))
     }
+}
+
+/// Longest duration any caller may set (a window, interval, pause, retention or run
+/// length): a year covers every real rollout, and a cap keeps time arithmetic on it (a
+/// start plus a window, a deadline) far from overflowing, which would panic the task that
+/// drives a rollout or a run.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// An optional duration field that, when set, is well formed, positive and at most
+/// [`MAX_DURATION`]; the error names `field`.
+pub fn positive_duration(
+    duration: Option<&pbjson_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, InvalidField> {
+    let Some(duration) = duration else { return Ok(None) };
+    // Nanos outside ±999 999 999 are malformed in proto3; std would silently carry them.
+    let well_formed = duration.nanos.unsigned_abs() < 1_000_000_000;
+    let duration = well_formed
+        .then(|| Duration::try_from(*duration).ok())
+        .flatten()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| InvalidField::new(field, "must be a positive duration"))?;
+    if duration > MAX_DURATION {
+        return Err(InvalidField::new(field, format!("must be at most 366 days, not {}s", duration.as_secs())));
+    }
+    Ok(Some(duration))
 }
 
 /// The status of a store failure: UNAVAILABLE while the backend is down, ABORTED with

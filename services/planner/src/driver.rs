@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ficus_kit::client::TracedChannel;
+use ficus_kit::{client::TracedChannel, status::MAX_DURATION};
 use ficus_proto::{
     analysis::v1::{self as analysis, Outcome, analysis_client::AnalysisClient},
     planner::v1::{self as proto, Phase},
@@ -193,7 +193,8 @@ impl Drive {
         changes: &mut broadcast::Receiver<proto::RolloutEvent>,
         limit: Option<Duration>,
     ) -> Option<()> {
-        let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+        // A limit too far out to add is no limit.
+        let deadline = limit.and_then(|limit| tokio::time::Instant::now().checked_add(limit));
         loop {
             let sleep = async {
                 match deadline {
@@ -254,7 +255,7 @@ impl Drive {
             return self.save(transition, &rollout.weights).await;
         };
         let started = rollout.step_started_at.as_ref().and_then(time::system_time).unwrap_or_else(SystemTime::now);
-        let remaining = |duration: Duration| (started + duration).duration_since(SystemTime::now()).ok();
+        let remaining = |duration: Duration| step_end(started, duration).duration_since(SystemTime::now()).ok();
         match step.kind {
             StepKind::SetWeight { .. } => self.advance(&rollout, &plan, "weights applied").await,
             StepKind::Observe { window, analysis: true } => {
@@ -325,8 +326,8 @@ impl Drive {
             }
         };
         let mut current = rollout;
-        let window_end =
-            tokio::time::Instant::now() + (started + window).duration_since(SystemTime::now()).unwrap_or_default();
+        let window_end = tokio::time::Instant::now()
+            + step_end(started, window).duration_since(SystemTime::now()).unwrap_or_default();
         let mut window_over = false;
         loop {
             let deadline = async {
@@ -475,6 +476,13 @@ impl Drive {
         }
         Next::Wait(Some(RETRY))
     }
+}
+
+/// When a step that started at `started` and lasts `duration` is over. Specs cap their
+/// durations at validation; one stored before they did is read as the cap, so that time
+/// arithmetic on it cannot overflow and panic the driver.
+fn step_end(started: SystemTime, duration: Duration) -> SystemTime {
+    started.checked_add(duration.min(MAX_DURATION)).unwrap_or(started)
 }
 
 /// Sets `weights` on `route` unless traffic already has them, compare-and-set on the

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 pub use ficus_kit::status::InvalidField;
-use ficus_kit::status::check_name;
+use ficus_kit::status::{check_name, positive_duration as positive};
 use ficus_proto::{analysis::v1::AnalysisTemplate, planner::v1 as proto};
 
 pub use ficus_proto::planner::v1::FailurePolicy;
@@ -398,19 +398,6 @@ fn weight(percent: f64, field: &str) -> Result<u32, InvalidField> {
     basis_points(percent).ok_or_else(|| {
         InvalidField::new(field, format!("{percent} must be a percentage from 0 to 100 with at most two decimals"))
     })
-}
-
-/// An optional duration that, when set, is positive and well formed.
-fn positive(duration: Option<&pbjson_types::Duration>, field: &str) -> Result<Option<Duration>, InvalidField> {
-    let Some(duration) = duration else { return Ok(None) };
-    // Nanos outside ±999 999 999 are malformed in proto3; std would silently carry them.
-    let well_formed = duration.nanos.unsigned_abs() < 1_000_000_000;
-    well_formed
-        .then(|| Duration::try_from(*duration).ok())
-        .flatten()
-        .filter(|duration| !duration.is_zero())
-        .map(Some)
-        .ok_or_else(|| InvalidField::new(field, "must be a positive duration"))
 }
 
 #[cfg(test)]

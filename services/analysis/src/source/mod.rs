@@ -11,6 +11,7 @@ mod prometheus;
 
 use std::time::Duration;
 
+use ficus_kit::status::InvalidField;
 use ficus_proto::analysis::v1::{self as proto, metric::Source};
 
 pub use self::{builtin::TrafficSource, pods::PodSource, prometheus::PrometheusConfig, prometheus::PrometheusSource};
@@ -64,15 +65,25 @@ impl Sources {
 }
 
 impl Sources {
-    /// Refuses a template whose checks read a source this service does not have.
+    /// Refuses a template whose checks read a source this service does not have, or a
+    /// Prometheus server it may not query.
     pub fn check_available(&self, template: &proto::AnalysisTemplate, field: &str) -> Result<(), crate::error::Error> {
         let pod_health = template.checks.iter().position(|check| matches!(source(check), Some(Source::PodHealth(_))));
-        match pod_health {
-            Some(i) if self.pods.is_none() => Err(crate::error::Error::Unsupported(format!(
+        if let Some(i) = pod_health
+            && self.pods.is_none()
+        {
+            return Err(crate::error::Error::Unsupported(format!(
                 "{field}.checks[{i}].metric.pod_health: this analysis service has no [kubernetes] configuration"
-            ))),
-            _ => Ok(()),
+            )));
         }
+        for (i, check) in template.checks.iter().enumerate() {
+            if let Some(Source::Prometheus(metric)) = source(check)
+                && let Err(reason) = self.prometheus.reach(&metric.address)
+            {
+                return Err(InvalidField::new(format!("{field}.checks[{i}].metric.prometheus.address"), reason).into());
+            }
+        }
+        Ok(())
     }
 }
 

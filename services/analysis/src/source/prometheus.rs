@@ -17,14 +17,32 @@ pub struct PrometheusConfig {
     /// Longest wait for one query.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Sent as `Authorization: Bearer ...` when set.
+    /// Sent as `Authorization: Bearer ...` when set, only ever to `address`.
     pub bearer_token: Option<String>,
+    /// Other Prometheus servers a check may name as its `address`, as base URLs. Any other
+    /// address is refused: a template is the caller's, and without a list anyone who may
+    /// start a run could make analysis request any URL it can reach. They get no token.
+    pub allowed_addresses: Vec<String>,
 }
 
 impl Default for PrometheusConfig {
     fn default() -> Self {
-        Self { address: "http://127.0.0.1:9090".into(), timeout: Duration::from_secs(5), bearer_token: None }
+        Self {
+            address: "http://127.0.0.1:9090".into(),
+            timeout: Duration::from_secs(5),
+            bearer_token: None,
+            allowed_addresses: Vec::new(),
+        }
     }
+}
+
+/// Which Prometheus server a check's address is (see [`PrometheusSource::reach`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The configured server, which gets the bearer token.
+    Configured,
+    /// One of `allowed_addresses`, which gets no token.
+    AllowListed,
 }
 
 /// Queries Prometheus.
@@ -119,6 +137,22 @@ impl PrometheusSource {
         }
     }
 
+    /// Whether a check may query `address` (empty: the configured server), and so whether
+    /// it gets the token: the configured server does; an allow-listed one may be queried
+    /// without it; any other is refused with the reason.
+    pub fn reach(&self, address: &str) -> Result<Reach, String> {
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        if address.is_empty() || same(address, &self.config.address) {
+            Ok(Reach::Configured)
+        } else if self.config.allowed_addresses.iter().any(|allowed| same(address, allowed)) {
+            Ok(Reach::AllowListed)
+        } else {
+            Err(format!(
+                "`{address}` is neither the configured Prometheus server nor in `prometheus.allowed_addresses`"
+            ))
+        }
+    }
+
     /// One value (the mean over points for range queries) and the number of points.
     async fn query(
         &self,
@@ -127,6 +161,7 @@ impl PrometheusSource {
         window: Duration,
         step: Option<Duration>,
     ) -> Result<(f64, u64), String> {
+        let reach = self.reach(address)?;
         let base = if address.is_empty() { &self.config.address } else { address };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         let mut request = match step {
@@ -141,7 +176,7 @@ impl PrometheusSource {
                 ("step", format!("{}ms", step.as_millis().max(1))),
             ]),
         };
-        if let Some(token) = &self.config.bearer_token {
+        if let (Reach::Configured, Some(token)) = (reach, &self.config.bearer_token) {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|error| format!("Prometheus at {base} unreachable: {error}"))?;
@@ -189,6 +224,24 @@ fn render(template: &str, route: &str, backend: &str, window: Duration) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_the_configured_server_and_others_need_the_allow_list() {
+        let config = PrometheusConfig {
+            address: "http://prometheus:9090/".into(),
+            bearer_token: Some("secret".into()),
+            allowed_addresses: vec!["http://thanos:9090".into()],
+            ..PrometheusConfig::default()
+        };
+        let source = PrometheusSource::new(config).expect("client");
+        assert_eq!(source.reach(""), Ok(Reach::Configured));
+        assert_eq!(source.reach("http://prometheus:9090"), Ok(Reach::Configured), "a trailing slash is the same");
+        assert_eq!(source.reach("http://thanos:9090/"), Ok(Reach::AllowListed));
+        for elsewhere in ["http://169.254.169.254", "http://prometheus:9091", "http://attacker.example"] {
+            let refused = source.reach(elsewhere).expect_err(elsewhere);
+            assert!(refused.contains("prometheus.allowed_addresses"), "{refused}");
+        }
+    }
 
     #[test]
     fn templates_fill_route_backend_and_window() {

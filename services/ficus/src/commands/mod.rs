@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use ficus_kit::client::{self, TracedChannel};
+use ficus_kit::client::{self, BearerToken, TracedChannel};
 use tonic::{Code, Status};
 
 use crate::{output::Format, spec_file::SpecError};
@@ -42,6 +42,16 @@ pub struct Globals {
     /// Sessions gRPC address.
     #[arg(long, global = true, help_heading = "Global options", value_name = "ADDR", env = "FICUS_SESSIONS_ADDR")]
     pub sessions: Option<String>,
+    /// Bearer token presented to the services (`authorization: Bearer <token>`).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "TOKEN",
+        env = "FICUS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// Output: human tables, or the proto3 JSON mapping as JSON or YAML.
     #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -55,6 +65,7 @@ struct ClientConfig {
     planner: Option<String>,
     traffic: Option<String>,
     sessions: Option<String>,
+    token: Option<String>,
 }
 
 impl Globals {
@@ -69,6 +80,7 @@ impl Globals {
         self.planner = self.planner.or(client.planner);
         self.traffic = self.traffic.or(client.traffic);
         self.sessions = self.sessions.or(client.sessions);
+        self.token = self.token.or(client.token);
         Ok(self)
     }
 
@@ -122,9 +134,11 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// A channel to `service` at `address`.
-    pub fn connect(service: Service, address: &str) -> Result<Self, CliError> {
-        let channel = client::connect(address, CALL_TIMEOUT)
+    /// A channel to `service` at `address`, presenting `token` when given.
+    pub fn connect(service: Service, address: &str, token: Option<&str>) -> Result<Self, CliError> {
+        let token =
+            token.map(BearerToken::new).transpose().map_err(|error| CliError::Usage(format!("--token: {error}")))?;
+        let channel = client::connect_as(address, CALL_TIMEOUT, token.as_ref())
             .map_err(|error| CliError::Usage(format!("--{}: {error}", flag(service))))?;
         Ok(Self { service, address: address.to_owned(), channel })
     }
@@ -149,6 +163,11 @@ impl Remote {
                 };
                 CliError::Invalid(message)
             }
+            Code::Unauthenticated => CliError::Server(format!(
+                "the {} did not accept the credential ({message}); pass --token or set FICUS_TOKEN",
+                self.service.name()
+            )),
+            Code::PermissionDenied => CliError::Server(format!("the {} refused: {message}", self.service.name())),
             _ if message.is_empty() => {
                 CliError::Server(format!("{} answered {:?}", self.service.name(), status.code()))
             }
@@ -295,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_statuses_keep_their_message_and_field() {
-        let remote = Remote::connect(Service::Planner, "127.0.0.1:1").expect("address");
+        let remote = Remote::connect(Service::Planner, "127.0.0.1:1", None).expect("address");
         let error = remote.error(Status::not_found("rollout `x` not found"));
         assert_eq!((error.to_string(), error.exit_code()), ("rollout `x` not found".to_owned(), 1));
         let error = remote.error(ficus_kit::status::invalid_argument("spec.route", "required"));

@@ -19,7 +19,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use self::observe::{CallMetrics, ObserveLayer};
 pub use self::readiness::Dependency;
-use crate::config::ConfigError;
+use crate::{
+    auth::{AuthConfig, AuthLayer, Authenticator, TokenFileError},
+    client::BearerToken,
+    config::ConfigError,
+};
 
 /// How often dependencies are probed to keep gRPC health current.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -37,6 +41,9 @@ pub struct ServerConfig {
     /// How long calls in flight may run after shutdown starts.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// Who may call the gRPC API (see [`crate::auth`]); everyone when no token file is set.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 impl ServerConfig {
@@ -46,6 +53,7 @@ impl ServerConfig {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], grpc_port)),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], admin_port)),
             grace_period: Duration::from_secs(10),
+            auth: AuthConfig::default(),
         }
     }
 
@@ -56,6 +64,7 @@ impl ServerConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grace_period: Duration::from_secs(10),
+            auth: AuthConfig::default(),
         }
     }
 
@@ -68,6 +77,11 @@ impl ServerConfig {
             return Err(ConfigError::invalid("server.grace_period", "must be at most 1h"));
         }
         Ok(())
+    }
+
+    /// The token this service presents to its peers, from `server.auth.peer_token_file`.
+    pub fn peer_token(&self) -> Result<Option<BearerToken>, TokenFileError> {
+        self.auth.peer_token_file.as_deref().map(BearerToken::from_file).transpose()
     }
 }
 
@@ -102,6 +116,9 @@ pub enum ServeError {
     /// A serving task panicked or was cancelled.
     #[error("serving task ended abnormally: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The token file of `server.auth.token_file` cannot be used.
+    #[error("server.auth.token_file: {0}")]
+    Tokens(#[from] TokenFileError),
 }
 
 /// The dependencies a service is ready with, and whether it is stopping.
@@ -168,6 +185,23 @@ impl Server {
             .build_v1()?;
         let routes = self.routes.add_service(health_service).add_service(reflection);
         let metrics = CallMetrics::register(&mut self.registry);
+        let authenticator = match &self.config.auth.token_file {
+            Some(path) => {
+                let authenticator = Authenticator::load(path)?;
+                tokio::spawn(authenticator.clone().follow(shutdown.clone()));
+                Some(authenticator)
+            }
+            None => {
+                if !grpc_addr.ip().is_loopback() {
+                    tracing::warn!(
+                        service = self.service,
+                        %grpc_addr,
+                        "serving gRPC without authentication on a non-loopback address: set server.auth.token_file"
+                    );
+                }
+                None
+            }
+        };
         let readiness = Readiness { dependencies: Arc::new(self.dependencies), stopping: shutdown.clone() };
         set_health(&health, self.service, readiness.check().await.is_ok()).await;
 
@@ -179,6 +213,7 @@ impl Server {
 
         let serve = tonic::transport::Server::builder()
             .layer(ObserveLayer::new(metrics))
+            .layer(tower::util::option_layer(authenticator.map(AuthLayer::new)))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 // Replies are small and latency matters more than packet count: no Nagle.

@@ -29,6 +29,15 @@ struct CallLabels {
 
 type LatencyFamily = Family<CallLabels, Histogram, fn() -> Histogram>;
 
+/// The `method` label of calls answered UNIMPLEMENTED, which is what a path the server has
+/// no handler for gets: the path is the caller's choice, and a label per made-up path would
+/// let anyone who reaches the port add series to `/metrics` without bound. The server's
+/// own methods keep their names, since none of them answers UNIMPLEMENTED.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// gRPC's UNIMPLEMENTED status code, as it travels in `grpc-status`.
+const UNIMPLEMENTED: &str = "12";
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~6.5 s: loopback calls to slow dependency timeouts.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17))
@@ -136,7 +145,8 @@ where
                     Err(_) => "14".to_owned(),
                 };
                 tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
-                metrics.record(&method, code_name(&code), started.elapsed().as_secs_f64());
+                let label = if code == UNIMPLEMENTED { UNKNOWN_METHOD } else { method.as_str() };
+                metrics.record(label, code_name(&code), started.elapsed().as_secs_f64());
                 result
             }
             .instrument(span),

@@ -289,3 +289,18 @@ fn an_equal_footing_baseline_is_a_third_backend_and_not_for_blue_green() {
         assert_eq!(refused(&spec), "spec.baseline_backend", "{spec:?}");
     }
 }
+
+#[test]
+fn durations_too_long_to_add_to_a_clock_are_refused_by_field() {
+    let year_and_a_day = Some(pbjson_types::Duration { seconds: 367 * 24 * 3600, nanos: 0 });
+    let far = Some(pbjson_types::Duration { seconds: i64::MAX, nanos: 0 });
+    let mut spec = strangler(&[(20.0, None)], None);
+    spec.analysis = Some(proto::AnalysisSpec { interval: far, ..Default::default() });
+    assert_eq!(refused(&spec), "spec.analysis.interval");
+    assert_eq!(refused(&strangler(&[(20.0, Some(i64::MAX))], None)), "spec.strangler.stages[0].window");
+    assert_eq!(refused(&canary(vec![set_weight(20.0), pause(year_and_a_day)])), "spec.canary.steps[1].pause.duration");
+    assert_eq!(refused(&canary(vec![set_weight(20.0), analysis_step(far)])), "spec.canary.steps[1].analysis.window");
+    // A year is still a valid window.
+    let year = 366 * 24 * 3600;
+    assert!(Spec::from_proto(&strangler(&[(20.0, Some(year))], None), "spec").is_ok());
+}

@@ -1,0 +1,162 @@
+//! The check every gRPC call passes: authenticate the bearer token, authorize the method,
+//! and write the audit event.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response, header::AUTHORIZATION};
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use super::{Access, Authenticator, Identity, Role, access};
+
+/// Adds [`Authorize`] to a service.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthLayer {
+    authenticator: Authenticator,
+}
+
+impl AuthLayer {
+    pub(crate) fn new(authenticator: Authenticator) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorize { inner, authenticator: self.authenticator.clone() }
+    }
+}
+
+/// Lets a call through only when its caller holds the role its method needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Authorize<S> {
+    inner: S,
+    authenticator: Authenticator,
+}
+
+impl<S, B, R> Service<Request<B>> for Authorize<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let needed = match access(&method) {
+            Access::Public => return Box::pin(self.inner.call(request)),
+            Access::Role(role) => role,
+        };
+        let identity = match bearer(&request).map(|token| self.authenticator.identify(token)) {
+            None => {
+                return refuse(
+                    &method,
+                    None,
+                    Status::unauthenticated("no credential: send `authorization: Bearer <token>`"),
+                );
+            }
+            Some(None) => return refuse(&method, None, Status::unauthenticated("unknown token")),
+            Some(Some(identity)) => identity,
+        };
+        if !identity.may(needed) {
+            let status =
+                Status::permission_denied(format!("`{}` lacks the role `{needed}` that {method} needs", identity.user));
+            return refuse(&method, Some(&identity), status);
+        }
+        let audited = changes_something(needed, &method);
+        let user = identity.user.clone();
+        request.extensions_mut().insert(identity);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            if audited {
+                let code = match &result {
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.parse::<i32>().ok())
+                        .map_or(Code::Ok, Code::from),
+                    Err(_) => Code::Unavailable,
+                };
+                tracing::info!(target: "ficus::audit", user, authenticated_by = "token", rpc = method, outcome = crate::status::code_name(code), "call");
+            }
+            result
+        })
+    }
+}
+
+/// Whether a call with this need changes something, and so is audited: everything beyond
+/// reads, except reading sessions, which is an application's every request.
+fn changes_something(needed: Role, method: &str) -> bool {
+    match needed {
+        Role::Viewer => false,
+        Role::App => !method.ends_with("/GetSession"),
+        Role::Operator | Role::Admin => true,
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header, if the request has one.
+fn bearer<B>(request: &Request<B>) -> Option<&str> {
+    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Answers with `status` without calling the service, and audits the refusal.
+fn refuse<R, E>(
+    method: &str,
+    identity: Option<&Identity>,
+    status: Status,
+) -> Pin<Box<dyn Future<Output = Result<Response<R>, E>> + Send>>
+where
+    R: Default + Send + 'static,
+    E: Send + 'static,
+{
+    let user = identity.map_or("-", |identity| identity.user.as_str());
+    tracing::warn!(target: "ficus::audit", user, authenticated_by = if identity.is_some() { "token" } else { "none" }, rpc = method, outcome = crate::status::code_name(status.code()), reason = status.message(), "refused");
+    let response = status.into_http::<R>();
+    Box::pin(async move { Ok(response) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_authorization(value: &str) -> Request<()> {
+        Request::builder().header(AUTHORIZATION, value).body(()).expect("request")
+    }
+
+    #[test]
+    fn only_well_formed_bearer_headers_carry_a_token() {
+        assert_eq!(bearer(&with_authorization("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&with_authorization("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&with_authorization("Basic abc")), None);
+        assert_eq!(bearer(&with_authorization("Bearer ")), None);
+        assert_eq!(bearer(&with_authorization("Bearerabc")), None);
+        assert_eq!(bearer(&Request::new(())), None);
+    }
+
+    #[test]
+    fn mutations_are_audited_and_reads_are_not() {
+        assert!(changes_something(Role::Operator, "ficus.traffic.v1.TrafficControl/SetWeights"));
+        assert!(!changes_something(Role::Viewer, "ficus.traffic.v1.TrafficControl/GetRoute"));
+        assert!(changes_something(Role::App, "ficus.sessions.v1.SessionStore/UpdateSession"));
+        assert!(!changes_something(Role::App, "ficus.sessions.v1.SessionStore/GetSession"));
+    }
+}

@@ -1,0 +1,180 @@
+//! Who may call what: bearer tokens from a file, roles, and the one check every gRPC call
+//! of a service passes before any work is done.
+//!
+//! # Tokens
+//!
+//! `server.auth.token_file` names a file in kube-apiserver's `--token-auth-file` format, one
+//! caller per line: `token,user,uid,"group1,group2"`. The groups are the caller's roles. The
+//! file is re-read when it changes (a rotated Kubernetes Secret), and a file that no longer
+//! parses keeps the last good one in force. Tokens are kept only as SHA-256 digests, and a
+//! presented token is looked up by its digest, so neither a comparison nor a lookup takes
+//! time that depends on how much of a real token the caller guessed.
+//!
+//! # Roles
+//!
+//! - `viewer`: every read (methods named `Get*`, `List*`, `Watch*`, `Preview*`) and
+//!   reflection;
+//! - `operator`: viewer, plus every other method of planner, traffic and analysis (create,
+//!   promote, pause, resume, abort, put and delete routes, set weights, analyze, start and
+//!   stop runs);
+//! - `app`: the session store, nothing else;
+//! - `admin`: everything.
+//!
+//! Health checks need no credential. No credential, or one that is not in the file, is
+//! UNAUTHENTICATED; a known caller without the role is PERMISSION_DENIED naming the role.
+//! A refused call never reaches the service, so it changes nothing.
+//!
+//! # Audit
+//!
+//! Every refusal, and every call that changes something (any call beyond `viewer`, except
+//! session reads), is one structured event with target `ficus::audit`: who, how they were
+//! authenticated, the method, and the outcome.
+
+mod layer;
+mod tokens;
+
+use std::{fmt, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use self::layer::AuthLayer;
+pub use self::tokens::{Authenticator, TokenFileError};
+
+/// Authentication settings, the `server.auth` section. Without a token file every caller
+/// is let in, which a service only allows on loopback addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Callers and their roles, in kube-apiserver's token file format.
+    pub token_file: Option<PathBuf>,
+    /// A file holding the bearer token this service presents when it calls its peers
+    /// (planner to traffic and analysis, analysis to traffic).
+    pub peer_token_file: Option<PathBuf>,
+}
+
+/// What a caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads and changes to rollouts, routes and analysis runs.
+    Operator,
+    /// The session store.
+    App,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The role a token file group names, if any; other groups are ignored.
+    pub fn from_group(group: &str) -> Option<Self> {
+        match group {
+            "viewer" => Some(Self::Viewer),
+            "operator" => Some(Self::Operator),
+            "app" => Some(Self::App),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether holding `self` allows what `needed` allows.
+    pub fn covers(self, needed: Role) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Operator => matches!(needed, Self::Operator | Self::Viewer),
+            Self::Viewer => needed == Self::Viewer,
+            Self::App => needed == Self::App,
+        }
+    }
+
+    /// The name used in token files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::App => "app",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An authenticated caller, added to each request's extensions for the handlers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name from the token file.
+    pub user: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+}
+
+impl Identity {
+    /// Whether any of the caller's roles covers `needed`.
+    pub fn may(&self, needed: Role) -> bool {
+        self.roles.iter().any(|role| role.covers(needed))
+    }
+}
+
+/// What a method requires of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: health checks, which probes and load balancers make without credentials.
+    Public,
+    /// A caller holding a role that covers this one.
+    Role(Role),
+}
+
+/// Prefixes of the methods that only read.
+const READ_PREFIXES: [&str; 4] = ["Get", "List", "Watch", "Preview"];
+
+/// What calling `path` (`/package.Service/Method`) requires: the one table of the roles
+/// above, for every service. A method is a read by its name, a convention every ficus API
+/// keeps; anything else, including a path no service has, needs `operator`.
+pub fn access(path: &str) -> Access {
+    let path = path.trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    match service {
+        "grpc.health.v1.Health" => Access::Public,
+        "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
+            Access::Role(Role::Viewer)
+        }
+        "ficus.sessions.v1.SessionStore" => Access::Role(Role::App),
+        _ if READ_PREFIXES.iter().any(|prefix| method.starts_with(prefix)) => Access::Role(Role::Viewer),
+        _ => Access::Role(Role::Operator),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_covers_what_the_table_says() {
+        use Role::*;
+        let covers = |role: Role| {
+            [Viewer, Operator, App, Admin].into_iter().filter(|needed| role.covers(*needed)).collect::<Vec<_>>()
+        };
+        assert_eq!(covers(Viewer), [Viewer]);
+        assert_eq!(covers(Operator), [Viewer, Operator]);
+        assert_eq!(covers(App), [App]);
+        assert_eq!(covers(Admin), [Viewer, Operator, App, Admin]);
+    }
+
+    #[test]
+    fn methods_need_the_role_their_name_says() {
+        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Public);
+        assert_eq!(access("/ficus.planner.v1.Planner/GetRollout"), Access::Role(Role::Viewer));
+        assert_eq!(access("/ficus.planner.v1.Planner/PreviewPlan"), Access::Role(Role::Viewer));
+        assert_eq!(access("/ficus.planner.v1.Planner/Abort"), Access::Role(Role::Operator));
+        assert_eq!(access("/ficus.analysis.v1.Analysis/Analyze"), Access::Role(Role::Operator));
+        assert_eq!(access("/ficus.sessions.v1.SessionStore/GetSession"), Access::Role(Role::App));
+        assert_eq!(access("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Access::Role(Role::Viewer));
+        assert_eq!(access("/made.up/Thing"), Access::Role(Role::Operator));
+        assert_eq!(access("nonsense"), Access::Role(Role::Operator));
+    }
+}

@@ -1,0 +1,211 @@
+//! The token file: parsing kube-apiserver's `--token-auth-file` format, and keeping the
+//! table current as the file changes.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use ring::digest::{SHA256, digest};
+use tokio_util::sync::CancellationToken;
+
+use super::{Identity, Role};
+
+/// How often the token file is checked for changes. A Kubernetes Secret update reaches
+/// the pod's volume within about a minute; this adds at most a few seconds to that.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why a token file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file could not be read.
+    #[error("cannot read the token file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not `token,user,uid[,"groups"]`.
+    #[error("token file {path}, line {line}: {reason}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Token digest to caller.
+type Table = HashMap<[u8; 32], Identity>;
+
+/// The callers of a token file, kept current while the service runs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    path: PathBuf,
+    table: Arc<ArcSwap<Table>>,
+    /// The file as it was when loaded, so a change made before [`Authenticator::follow`]
+    /// starts is still seen.
+    loaded: Option<(SystemTime, u64)>,
+}
+
+impl Authenticator {
+    /// Reads the token file at `path`; a service with an unreadable or malformed one does
+    /// not start.
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let loaded = stamp(path);
+        let table = parse(path, &read(path)?)?;
+        Ok(Self { path: path.to_owned(), table: Arc::new(ArcSwap::from_pointee(table)), loaded })
+    }
+
+    /// The caller `token` belongs to, if any.
+    pub fn identify(&self, token: &str) -> Option<Identity> {
+        self.table.load().get(&fingerprint(token)).cloned()
+    }
+
+    /// Re-reads the file whenever it changes until `stop`; a change that does not parse is
+    /// logged and the last good table stays in force.
+    pub async fn follow(self, stop: CancellationToken) {
+        let mut seen = self.loaded;
+        let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let now = stamp(&self.path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match read(&self.path).and_then(|text| parse(&self.path, &text)) {
+                Ok(table) => {
+                    tracing::info!(path = %self.path.display(), callers = table.len(), "token file reloaded");
+                    self.table.store(Arc::new(table));
+                }
+                Err(error) => tracing::error!(%error, "token file not reloaded; the previous one stays in force"),
+            }
+        }
+    }
+}
+
+/// What tells a changed file from an unchanged one: its modification time and length. A
+/// Kubernetes Secret volume swaps a symlink, which changes both.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+fn read(path: &Path) -> Result<String, TokenFileError> {
+    std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })
+}
+
+/// The digest a token is kept and looked up by.
+fn fingerprint(token: &str) -> [u8; 32] {
+    let mut key = [0; 32];
+    key.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    key
+}
+
+/// Parses a token file's `text`: CSV records of token, user, uid and optionally a quoted,
+/// comma-separated list of groups; empty lines and lines starting with `#` are skipped.
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Table, TokenFileError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut table = Table::new();
+    for record in reader.records() {
+        let line_error = |line: u64, reason: String| TokenFileError::Line { path: path.to_owned(), line, reason };
+        let record = record.map_err(|error| {
+            let line = error.position().map_or(0, csv::Position::line);
+            line_error(line, error.to_string())
+        })?;
+        let line = record.position().map_or(0, csv::Position::line);
+        let (Some(token), Some(user)) = (record.get(0), record.get(1)) else {
+            return Err(line_error(line, "expected `token,user,uid,\"groups\"`".to_owned()));
+        };
+        if token.is_empty() || user.is_empty() {
+            return Err(line_error(line, "the token and the user may not be empty".to_owned()));
+        }
+        let mut roles: Vec<Role> =
+            record.get(3).unwrap_or_default().split(',').filter_map(|group| Role::from_group(group.trim())).collect();
+        roles.sort_unstable();
+        roles.dedup();
+        if table.insert(fingerprint(token), Identity { user: user.to_owned(), roles }).is_some() {
+            return Err(line_error(line, format!("the token of `{user}` is also another line's")));
+        }
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> Result<Table, TokenFileError> {
+        parse(Path::new("tokens.csv"), text)
+    }
+
+    #[test]
+    fn reads_kube_apiserver_token_files() {
+        let table = parsed(
+            "# who may call\n\
+             t-ops,alice,1001,\"operator,viewer\"\n\
+             \n\
+             t-app, shop ,2002,app\n\
+             t-nobody,bob,3003\n\
+             t-odd,carol,4004,\"auditors, admin ,unknown\"\n",
+        )
+        .expect("parses");
+        let identity = |token: &str| table.get(&fingerprint(token)).cloned().expect(token);
+        assert_eq!(identity("t-ops"), Identity { user: "alice".into(), roles: vec![Role::Viewer, Role::Operator] });
+        assert_eq!(identity("t-app").user, "shop");
+        assert_eq!(identity("t-app").roles, [Role::App]);
+        assert!(identity("t-nobody").roles.is_empty(), "a caller without groups has no role");
+        assert_eq!(identity("t-odd").roles, [Role::Admin], "unknown groups are not roles");
+        assert!(!table.contains_key(&fingerprint("t-op")), "a prefix is not the token");
+    }
+
+    #[test]
+    fn malformed_files_name_the_line() {
+        for (text, line) in
+            [("ok,alice,1\n,bob,2\n", 2), ("ok,alice,1\nlonely\n", 2), ("same,alice,1\nsame,bob,2\n", 2)]
+        {
+            match parsed(text) {
+                Err(TokenFileError::Line { line: found, .. }) => assert_eq!(found, line, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_file_is_followed_and_a_broken_change_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tokens.csv");
+        std::fs::write(&path, "first,alice,1,viewer\n").expect("write");
+        let authenticator = Authenticator::load(&path).expect("loads");
+        let stop = CancellationToken::new();
+        let following = tokio::spawn(authenticator.clone().follow(stop.clone()));
+        assert!(authenticator.identify("first").is_some());
+
+        std::fs::write(&path, "second,alice,1,viewer,and-more-text\n").expect("write");
+        tokio::time::sleep(RELOAD_INTERVAL * 2).await;
+        assert!(authenticator.identify("first").is_none(), "a removed token stops working");
+        assert!(authenticator.identify("second").is_some(), "a new token works without a restart");
+
+        std::fs::write(&path, ",nobody,3\n").expect("write");
+        tokio::time::sleep(RELOAD_INTERVAL * 2).await;
+        assert!(authenticator.identify("second").is_some(), "a broken file keeps the last good table");
+        stop.cancel();
+        following.await.expect("stops");
+    }
+}
