@@ -8,10 +8,11 @@ use std::{
 };
 
 use http::{Request, Response, header::AUTHORIZATION};
-use tonic::{Code, Status};
+use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{Access, Authenticator, Identity, Role, access};
+use crate::server::response_code;
 
 /// Adds [`Authorize`] to a service.
 #[derive(Clone, Debug)]
@@ -84,15 +85,7 @@ where
         Box::pin(async move {
             let result = future.await;
             if audited {
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|value| value.to_str().ok())
-                        .and_then(|value| value.parse::<i32>().ok())
-                        .map_or(Code::Ok, Code::from),
-                    Err(_) => Code::Unavailable,
-                };
+                let code = response_code(&result);
                 tracing::info!(target: "ficus::audit", user, authenticated_by = "token", rpc = method, outcome = crate::status::code_name(code), "call");
             }
             result

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+pub(crate) use self::observe::response_code;
 use self::observe::{CallMetrics, ObserveLayer};
 pub use self::readiness::Dependency;
 use crate::{

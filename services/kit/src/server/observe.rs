@@ -16,6 +16,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
+use tonic::Code;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -34,9 +35,6 @@ type LatencyFamily = Family<CallLabels, Histogram, fn() -> Histogram>;
 /// let anyone who reaches the port add series to `/metrics` without bound. The server's
 /// own methods keep their names, since none of them answers UNIMPLEMENTED.
 const UNKNOWN_METHOD: &str = "unknown";
-
-/// gRPC's UNIMPLEMENTED status code, as it travels in `grpc-status`.
-const UNIMPLEMENTED: &str = "12";
 
 fn latency_histogram() -> Histogram {
     // 100 µs to ~6.5 s: loopback calls to slow dependency timeouts.
@@ -135,18 +133,10 @@ where
                 let result = future.await;
                 // Errors returned by handlers travel in the headers (trailers-only responses);
                 // a response that starts normally reports its status in trailers, as OK here.
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|value| value.to_str().ok())
-                        .unwrap_or("0")
-                        .to_owned(),
-                    Err(_) => "14".to_owned(),
-                };
-                tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
-                let label = if code == UNIMPLEMENTED { UNKNOWN_METHOD } else { method.as_str() };
-                metrics.record(label, code_name(&code), started.elapsed().as_secs_f64());
+                let code = response_code(&result);
+                tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+                let label = if code == Code::Unimplemented { UNKNOWN_METHOD } else { method.as_str() };
+                metrics.record(label, crate::status::code_name(code), started.elapsed().as_secs_f64());
                 result
             }
             .instrument(span),
@@ -154,8 +144,19 @@ where
     }
 }
 
-fn code_name(code: &str) -> &'static str {
-    crate::status::code_name(tonic::Code::from(code.parse::<i32>().unwrap_or(2)))
+/// The status a call ended with. Errors returned by handlers travel in the headers
+/// (trailers-only responses); a response that starts normally reports its status in
+/// trailers, and counts as OK here. A transport failure is UNAVAILABLE.
+pub(crate) fn response_code<R, E>(result: &Result<Response<R>, E>) -> Code {
+    match result {
+        Ok(response) => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from),
+        Err(_) => Code::Unavailable,
+    }
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
