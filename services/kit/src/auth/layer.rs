@@ -43,9 +43,10 @@ pub(crate) struct Authorize<S> {
 
 impl<S, B, R> Service<Request<B>> for Authorize<S>
 where
-    S: Service<Request<B>, Response = Response<R>>,
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
     R: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -62,31 +63,35 @@ where
             Access::Public => return Box::pin(self.inner.call(request)),
             Access::Role(role) => role,
         };
-        let identity = match bearer(&request).map(|token| self.authenticator.identify(token)) {
-            None => {
-                return refuse(
-                    &method,
-                    None,
-                    Status::unauthenticated("no credential: send `authorization: Bearer <token>`"),
-                );
-            }
-            Some(None) => return refuse(&method, None, Status::unauthenticated("unknown token")),
-            Some(Some(identity)) => identity,
-        };
-        if !identity.may(needed) {
-            let status =
-                Status::permission_denied(format!("`{}` lacks the role `{needed}` that {method} needs", identity.user));
-            return refuse(&method, Some(&identity), status);
-        }
-        let audited = changes_something(needed, &method);
-        let user = identity.user.clone();
-        request.extensions_mut().insert(identity);
-        let future = self.inner.call(request);
+        let token = bearer(&request).map(str::to_owned);
+        let authenticator = self.authenticator.clone();
+        // The service that was polled ready goes with the call; a fresh clone stays.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
         Box::pin(async move {
-            let result = future.await;
+            let Some(token) = token else {
+                let status = Status::unauthenticated("no credential: send `authorization: Bearer <token>`");
+                return Ok(refuse(&method, None, status));
+            };
+            let identity = match authenticator.identify(&token).await {
+                Ok(Some(identity)) => identity,
+                Ok(None) => return Ok(refuse(&method, None, Status::unauthenticated("unknown token"))),
+                Err(reason) => return Ok(refuse(&method, None, Status::unavailable(reason))),
+            };
+            if !identity.may(needed) {
+                let status = Status::permission_denied(format!(
+                    "`{}` lacks the role `{needed}` that {method} needs",
+                    identity.user
+                ));
+                return Ok(refuse(&method, Some(&identity), status));
+            }
+            let audited = changes_something(needed, &method);
+            let user = identity.user.clone();
+            request.extensions_mut().insert(identity);
+            let result = inner.call(request).await;
             if audited {
-                let code = response_code(&result);
-                tracing::info!(target: "ficus::audit", user, authenticated_by = "token", rpc = method, outcome = crate::status::code_name(code), "call");
+                let outcome = crate::status::code_name(response_code(&result));
+                tracing::info!(target: "ficus::audit", user, authenticated_by = "token", rpc = method, outcome, "call");
             }
             result
         })
@@ -111,20 +116,14 @@ fn bearer<B>(request: &Request<B>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Answers with `status` without calling the service, and audits the refusal.
-fn refuse<R, E>(
-    method: &str,
-    identity: Option<&Identity>,
-    status: Status,
-) -> Pin<Box<dyn Future<Output = Result<Response<R>, E>> + Send>>
-where
-    R: Default + Send + 'static,
-    E: Send + 'static,
-{
+/// The answer to a refused call, which never reaches the service; audited.
+fn refuse<R: Default>(method: &str, identity: Option<&Identity>, status: Status) -> Response<R> {
     let user = identity.map_or("-", |identity| identity.user.as_str());
-    tracing::warn!(target: "ficus::audit", user, authenticated_by = if identity.is_some() { "token" } else { "none" }, rpc = method, outcome = crate::status::code_name(status.code()), reason = status.message(), "refused");
-    let response = status.into_http::<R>();
-    Box::pin(async move { Ok(response) })
+    let authenticated_by = if identity.is_some() { "token" } else { "none" };
+    let outcome = crate::status::code_name(status.code());
+    let reason = status.message();
+    tracing::warn!(target: "ficus::audit", user, authenticated_by, rpc = method, outcome, reason, "refused");
+    status.into_http::<R>()
 }
 
 #[cfg(test)]
@@ -143,6 +142,22 @@ mod tests {
         assert_eq!(bearer(&with_authorization("Bearer ")), None);
         assert_eq!(bearer(&with_authorization("Bearerabc")), None);
         assert_eq!(bearer(&Request::new(())), None);
+    }
+
+    proptest::proptest! {
+        /// Any header value a caller can send is a token or no token, never a panic; a
+        /// token found is the part after the scheme, trimmed and never empty.
+        #[test]
+        fn any_authorization_header_is_read_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let Ok(value) = http::HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            let mut request = Request::new(());
+            request.headers_mut().insert(AUTHORIZATION, value);
+            if let Some(token) = bearer(&request) {
+                proptest::prop_assert!(!token.is_empty() && token == token.trim());
+            }
+        }
     }
 
     #[test]

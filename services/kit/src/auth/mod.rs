@@ -31,25 +31,98 @@
 //! authenticated, the method, and the outcome.
 
 mod layer;
+mod review;
 mod tokens;
 
 use std::{fmt, path::PathBuf};
 
+use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::layer::AuthLayer;
-pub use self::tokens::{Authenticator, TokenFileError};
+use self::review::TokenReviewer;
+pub use self::{
+    review::TokenReviewConfig,
+    tokens::{TokenFile, TokenFileError},
+};
 
-/// Authentication settings, the `server.auth` section. Without a token file every caller
-/// is let in, which a service only allows on loopback addresses.
+/// Authentication settings, the `server.auth` section. Without a token file or token
+/// review every caller is let in.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Callers and their roles, in kube-apiserver's token file format.
     pub token_file: Option<PathBuf>,
+    /// ServiceAccount tokens checked with the cluster's TokenReview API, for tokens the
+    /// file does not know.
+    pub token_review: Option<TokenReviewConfig>,
     /// A file holding the bearer token this service presents when it calls its peers
     /// (planner to traffic and analysis, analysis to traffic).
     pub peer_token_file: Option<PathBuf>,
+}
+
+/// Why authentication could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// `server.auth.token_file` cannot be used.
+    #[error("server.auth.token_file: {0}")]
+    TokenFile(#[from] TokenFileError),
+    /// The cluster of `server.auth.token_review` cannot be reached.
+    #[error("server.auth.token_review: {0}")]
+    Cluster(#[from] crate::kubernetes::KubernetesError),
+    /// `server.auth.token_review.roles` names something that is not a role.
+    #[error("server.auth.token_review.roles.{subject}: `{role}` is not a role (viewer, operator, app, admin)")]
+    Role {
+        /// Whose roles.
+        subject: String,
+        /// The name that is not a role.
+        role: String,
+    },
+}
+
+/// Who a bearer token belongs to: the token file first, then the cluster's TokenReview;
+/// cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    file: Option<TokenFile>,
+    review: Option<TokenReviewer>,
+}
+
+impl Authenticator {
+    /// The authenticator `config` describes, following its token file until `stop`;
+    /// `None` when it describes none, and every caller is let in.
+    pub async fn start(config: &AuthConfig, stop: &CancellationToken) -> Result<Option<Self>, AuthError> {
+        let file = config.token_file.as_deref().map(TokenFile::load).transpose()?;
+        if let Some(file) = &file {
+            tokio::spawn(file.clone().follow(stop.clone()));
+        }
+        let review = match &config.token_review {
+            Some(review) => Some(TokenReviewer::new(review).await?),
+            None => None,
+        };
+        Ok((file.is_some() || review.is_some()).then_some(Self { file, review }))
+    }
+
+    /// The caller `token` belongs to, `None` when nobody vouches for it, or why the
+    /// cluster could not be asked.
+    pub async fn identify(&self, token: &str) -> Result<Option<Identity>, String> {
+        if let Some(identity) = self.file.as_ref().and_then(|file| file.identify(token)) {
+            return Ok(Some(identity));
+        }
+        match &self.review {
+            Some(review) => review.identify(token).await,
+            None => Ok(None),
+        }
+    }
+}
+
+/// The digest a token is kept and looked up by: a lookup by digest takes no time that
+/// depends on how much of a real token a guess got right.
+fn fingerprint(token: &str) -> [u8; 32] {
+    let mut key = [0; 32];
+    key.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    key
 }
 
 /// What a caller may do.

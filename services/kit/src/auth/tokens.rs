@@ -9,10 +9,9 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use ring::digest::{SHA256, digest};
 use tokio_util::sync::CancellationToken;
 
-use super::{Identity, Role};
+use super::{Identity, Role, fingerprint};
 
 /// How often the token file is checked for changes. A Kubernetes Secret update reaches
 /// the pod's volume within about a minute; this adds at most a few seconds to that.
@@ -46,15 +45,15 @@ type Table = HashMap<[u8; 32], Identity>;
 
 /// The callers of a token file, kept current while the service runs; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Authenticator {
+pub struct TokenFile {
     path: PathBuf,
     table: Arc<ArcSwap<Table>>,
-    /// The file as it was when loaded, so a change made before [`Authenticator::follow`]
+    /// The file as it was when loaded, so a change made before [`TokenFile::follow`]
     /// starts is still seen.
     loaded: Option<(SystemTime, u64)>,
 }
 
-impl Authenticator {
+impl TokenFile {
     /// Reads the token file at `path`; a service with an unreadable or malformed one does
     /// not start.
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
@@ -104,13 +103,6 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 fn read(path: &Path) -> Result<String, TokenFileError> {
     std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })
-}
-
-/// The digest a token is kept and looked up by.
-fn fingerprint(token: &str) -> [u8; 32] {
-    let mut key = [0; 32];
-    key.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
-    key
 }
 
 /// Parses a token file's `text`: CSV records of token, user, uid and optionally a quoted,
@@ -187,12 +179,32 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a token file holds, parsing answers with a table or an error naming a
+        /// line; it never panics.
+        #[test]
+        fn any_file_parses_or_is_refused_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(TokenFileError::Line { line, .. }) = parsed(&text) {
+                proptest::prop_assert!(line >= 1, "the line of a refusal is counted from 1");
+            }
+        }
+
+        /// Lines built from the format's own characters, the likeliest to confuse a parser.
+        #[test]
+        fn lines_of_commas_and_quotes_do_not_panic(text in "[a-z,\"# \n]{0,200}") {
+            let _ = parsed(&text);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_changed_file_is_followed_and_a_broken_change_keeps_the_last_good_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("tokens.csv");
         std::fs::write(&path, "first,alice,1,viewer\n").expect("write");
-        let authenticator = Authenticator::load(&path).expect("loads");
+        let authenticator = TokenFile::load(&path).expect("loads");
         let stop = CancellationToken::new();
         let following = tokio::spawn(authenticator.clone().follow(stop.clone()));
         assert!(authenticator.identify("first").is_some());

@@ -21,7 +21,7 @@ pub(crate) use self::observe::response_code;
 use self::observe::{CallMetrics, ObserveLayer};
 pub use self::readiness::Dependency;
 use crate::{
-    auth::{AuthConfig, AuthLayer, Authenticator, TokenFileError},
+    auth::{AuthConfig, AuthError, AuthLayer, Authenticator, TokenFileError},
     client::BearerToken,
     config::ConfigError,
 };
@@ -117,9 +117,9 @@ pub enum ServeError {
     /// A serving task panicked or was cancelled.
     #[error("serving task ended abnormally: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// The token file of `server.auth.token_file` cannot be used.
-    #[error("server.auth.token_file: {0}")]
-    Tokens(#[from] TokenFileError),
+    /// Authentication cannot be set up as `server.auth` says.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// The dependencies a service is ready with, and whether it is stopping.
@@ -186,23 +186,15 @@ impl Server {
             .build_v1()?;
         let routes = self.routes.add_service(health_service).add_service(reflection);
         let metrics = CallMetrics::register(&mut self.registry);
-        let authenticator = match &self.config.auth.token_file {
-            Some(path) => {
-                let authenticator = Authenticator::load(path)?;
-                tokio::spawn(authenticator.clone().follow(shutdown.clone()));
-                Some(authenticator)
-            }
-            None => {
-                if !grpc_addr.ip().is_loopback() {
-                    tracing::warn!(
-                        service = self.service,
-                        %grpc_addr,
-                        "serving gRPC without authentication on a non-loopback address: set server.auth.token_file"
-                    );
-                }
-                None
-            }
-        };
+        let authenticator = Authenticator::start(&self.config.auth, &shutdown).await?;
+        if authenticator.is_none() && !grpc_addr.ip().is_loopback() {
+            tracing::warn!(
+                service = self.service,
+                %grpc_addr,
+                "serving gRPC without authentication on a non-loopback address: set server.auth.token_file \
+                 or server.auth.token_review"
+            );
+        }
         let readiness = Readiness { dependencies: Arc::new(self.dependencies), stopping: shutdown.clone() };
         set_health(&health, self.service, readiness.check().await.is_ok()).await;
 
