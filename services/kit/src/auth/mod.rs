@@ -1,5 +1,5 @@
-//! Who may call what: bearer tokens from a file, roles, and the one check every gRPC call
-//! of a service passes before any work is done.
+//! Who may call what: bearer tokens from a file or vouched for by the cluster, roles, and
+//! the one check every gRPC call of a service passes before any work is done.
 //!
 //! # Tokens
 //!
@@ -9,6 +9,10 @@
 //! parses keeps the last good one in force. Tokens are kept only as SHA-256 digests, and a
 //! presented token is looked up by its digest, so neither a comparison nor a lookup takes
 //! time that depends on how much of a real token the caller guessed.
+//!
+//! With `server.auth.token_review`, a token the file does not know is sent to the cluster's
+//! TokenReview API, bound to the configured audiences; the caller's roles are those its
+//! ServiceAccount name or groups are mapped to. Answers are cached briefly, refusals too.
 //!
 //! # Roles
 //!
@@ -20,8 +24,9 @@
 //! - `app`: the session store, nothing else;
 //! - `admin`: everything.
 //!
-//! Health checks need no credential. No credential, or one that is not in the file, is
-//! UNAUTHENTICATED; a known caller without the role is PERMISSION_DENIED naming the role.
+//! Health checks need no credential. No credential, or one nobody vouches for, is
+//! UNAUTHENTICATED; a known caller without the role is PERMISSION_DENIED naming the role;
+//! a cluster that cannot be asked is UNAVAILABLE.
 //! A refused call never reaches the service, so it changes nothing.
 //!
 //! # Audit
