@@ -77,8 +77,7 @@ impl BearerToken {
 
     /// The token in the file at `path`, surrounding whitespace ignored.
     pub fn from_file(path: &Path) -> Result<Self, TokenFileError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })?;
+        let text = crate::auth::read_token_file(path)?;
         Self::new(text.trim()).map_err(|InvalidToken| TokenFileError::Line {
             path: path.to_owned(),
             line: 1,

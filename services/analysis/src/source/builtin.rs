@@ -89,12 +89,15 @@ impl TrafficStats {
                 Kind::Unspecified => Err("builtin metric kind is unspecified".to_owned()),
             }
         };
-        let (periods, baseline_halves) = match (kind, self.baseline.halves.as_slice()) {
-            (Kind::ErrorRate | Kind::Latency, [first, second]) => {
-                (self.periods(kind, quantile), Some([one(first)?, one(second)?]))
+        let (periods, baseline_halves) = match kind {
+            Kind::ErrorRate | Kind::Latency => {
+                let halves = match self.baseline.halves.as_slice() {
+                    [first, second] => Some([one(first)?, one(second)?]),
+                    _ => None,
+                };
+                (self.periods(kind, quantile), halves)
             }
-            (Kind::ErrorRate | Kind::Latency, _) => (self.periods(kind, quantile), None),
-            (Kind::RequestRate | Kind::Unspecified, _) => (Vec::new(), None),
+            Kind::RequestRate | Kind::Unspecified => (Vec::new(), None),
         };
         Ok(Observed {
             baseline: one(&self.baseline)?,

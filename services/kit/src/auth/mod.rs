@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::layer::AuthLayer;
 use self::review::TokenReviewer;
+pub(crate) use self::tokens::read as read_token_file;
 pub use self::{
     review::TokenReviewConfig,
     tokens::{TokenFile, TokenFileError},

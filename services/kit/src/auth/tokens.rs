@@ -101,7 +101,8 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-fn read(path: &Path) -> Result<String, TokenFileError> {
+/// The text of the file at `path`.
+pub(crate) fn read(path: &Path) -> Result<String, TokenFileError> {
     std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })
 }
 

@@ -101,15 +101,13 @@ impl Summary {
     /// Adds the counts and latencies of another summary.
     pub(super) fn merge(&mut self, other: &Summary) {
         self.counts.merge(&other.counts);
-        for bucket in other.latencies.iter_recorded() {
-            self.latencies.saturating_record_n(bucket.value_iterated_to(), bucket.count_at_value());
-        }
+        self.merge_dense(&other.latencies);
     }
 
     /// Adds the non-empty buckets of a dense histogram.
-    fn merge_dense(&mut self, dense: &Histogram<u32>) {
+    fn merge_dense<T: hdrhistogram::Counter + Into<u64>>(&mut self, dense: &Histogram<T>) {
         for bucket in dense.iter_recorded() {
-            self.latencies.saturating_record_n(bucket.value_iterated_to(), u64::from(bucket.count_at_value()));
+            self.latencies.saturating_record_n(bucket.value_iterated_to(), bucket.count_at_value().into());
         }
     }
 
