@@ -59,6 +59,8 @@ pub enum Object {
     CustomResourceDefinition(Box<CustomResourceDefinition>),
     /// monitoring.coreos.com/v1 ServiceMonitor, which k8s-openapi has no type for.
     ServiceMonitor(Box<ServiceMonitor>),
+    /// cert-manager.io/v1 Certificate, which k8s-openapi has no type for either.
+    Certificate(Box<ServiceMonitor>),
 }
 
 impl Object {
@@ -81,18 +83,20 @@ impl Object {
             Self::ClusterRoleBinding(_) => "ClusterRoleBinding",
             Self::CustomResourceDefinition(_) => "CustomResourceDefinition",
             Self::ServiceMonitor(_) => "ServiceMonitor",
+            Self::Certificate(_) => "Certificate",
         }
     }
 }
 
-/// A Prometheus Operator ServiceMonitor: typed metadata, the spec as the operator's CRD
-/// leaves it to its own validation.
+/// A custom resource the chart renders for an operator (a Prometheus Operator
+/// ServiceMonitor, a cert-manager Certificate): typed metadata, the spec as the operator's
+/// CRD leaves it to its own validation.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceMonitor {
-    /// Always `monitoring.coreos.com/v1`.
+    /// E.g. `monitoring.coreos.com/v1`.
     pub api_version: String,
-    /// Always `ServiceMonitor`.
+    /// E.g. `ServiceMonitor`.
     pub kind: String,
     /// Name and labels.
     pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -194,6 +198,7 @@ pub fn parse(manifest: &str) -> Result<Vec<Object>, RenderError> {
             "ClusterRoleBinding" => Object::ClusterRoleBinding(strict(value)?),
             "CustomResourceDefinition" => Object::CustomResourceDefinition(strict(value)?),
             "ServiceMonitor" => Object::ServiceMonitor(strict(value)?),
+            "Certificate" => Object::Certificate(strict(value)?),
             _ => return Err(RenderError::UnknownKind { index, kind }),
         };
         objects.push(object);

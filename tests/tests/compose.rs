@@ -233,3 +233,38 @@ fn the_image_holds_every_binary_the_chart_and_compose_run() {
         assert!(package.join("src/main.rs").is_file(), "{binary} is no binary of this workspace");
     }
 }
+
+/// The path inside the container that `service` mounts `file` (relative to the
+/// repository) at.
+fn mounted_at(compose: &Value, name: &str, file: &str) -> Option<String> {
+    let source = manifest::repository().join(file);
+    strings(service(compose, name).get("volumes")).into_iter().find_map(|volume| {
+        let mut parts = volume.split(':');
+        let (from, to) = (parts.next()?, parts.next()?);
+        (std::path::Path::new(from) == source).then(|| to.to_owned())
+    })
+}
+
+#[test]
+fn every_api_needs_a_token_and_every_client_holds_one_with_its_role() {
+    use ficus_kit::auth::{Role, TokenFile};
+    let compose = normalized();
+    let tokens = TokenFile::load(&manifest::repository().join("compose/tokens.csv")).expect("compose/tokens.csv");
+    let role_of = |token: &str| tokens.identify(token).map(|identity| identity.roles).unwrap_or_default();
+    for name in SERVICES {
+        let env = environment(service(&compose, name));
+        let file = env.get("FICUS_SERVER__AUTH__TOKEN_FILE").unwrap_or_else(|| panic!("{name} has no token file"));
+        assert_eq!(mounted_at(&compose, name, "compose/tokens.csv").as_ref(), Some(file), "{name} mounts the tokens");
+    }
+    let peer = std::fs::read_to_string(manifest::repository().join("compose/peer-token")).expect("peer-token");
+    assert_eq!(role_of(peer.trim()), [Role::Operator], "the planner sets weights and starts analysis runs");
+    for name in ["planner", "analysis"] {
+        let file = &environment(service(&compose, name))["FICUS_SERVER__AUTH__PEER_TOKEN_FILE"];
+        assert_eq!(mounted_at(&compose, name, "compose/peer-token").as_ref(), Some(file), "{name} mounts its token");
+    }
+    for (name, role) in [("legacy", Role::App), ("new", Role::App), ("demo", Role::Operator), ("watch", Role::Operator)]
+    {
+        let token = environment(service(&compose, name)).remove("FICUS_TOKEN").unwrap_or_default();
+        assert_eq!(role_of(&token), [role], "{name}'s FICUS_TOKEN");
+    }
+}

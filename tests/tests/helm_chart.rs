@@ -64,8 +64,11 @@ fn every_pod_is_hardened() {
                 Some("RuntimeDefault"),
                 "{context}: pod seccomp"
             );
-            let calls_the_api = kubernetes_enabled(&values)
+            let service = SERVICES.iter().any(|c| name.ends_with(&format!("-{c}")));
+            let acts_on_the_cluster = kubernetes_enabled(&values)
                 && ["planner", "analysis", "traffic"].iter().any(|c| name.ends_with(&format!("-{c}")));
+            // TokenReview is an API call too.
+            let calls_the_api = acts_on_the_cluster || (service && auth_enabled(&values));
             assert_eq!(pod.automount_service_account_token, Some(calls_the_api), "{context}: token mounted");
             for container in all_containers(&pod) {
                 let context = format!("{context}/{}", container.name);
@@ -245,10 +248,13 @@ fn config_checksum_rolls_exactly_the_changed_service() {
 fn redis_password_comes_from_a_secret_never_from_the_config() {
     let set = ["store.backend=redis", "redis.host=redis.example", "redis.auth.password=s3cret-value"];
     let objects = manifest::render(&[], &set).expect("render");
-    let secret = objects.iter().find_map(|object| match object {
-        Object::Secret(secret) => Some(secret.clone()),
+    let redis_secret = |object: &Object| match object {
+        Object::Secret(secret) if secret.metadata.name.as_deref().is_some_and(|name| name.ends_with("-redis")) => {
+            Some(secret.clone())
+        }
         _ => None,
-    });
+    };
+    let secret = objects.iter().find_map(redis_secret);
     let secret = secret.expect("a Secret for the password");
     let secret_name = secret.metadata.name.clone().expect("secret name");
     for object in &objects {
@@ -270,7 +276,7 @@ fn redis_password_comes_from_a_secret_never_from_the_config() {
 
     let existing = ["store.backend=redis", "redis.host=redis.example", "redis.auth.existingSecret=team-redis"];
     let objects = manifest::render(&[], &existing).expect("render");
-    assert!(!objects.iter().any(|object| matches!(object, Object::Secret(_))), "Secret rendered beside existingSecret");
+    assert!(!objects.iter().any(|object| redis_secret(object).is_some()), "Secret rendered beside existingSecret");
     let deployments = objects.iter().filter(|object| matches!(object, Object::Deployment(_))).count();
     let referencing = objects
         .iter()
@@ -388,7 +394,14 @@ fn kubernetes_permissions_are_exactly_what_each_service_uses() {
             _ => None,
         })
         .collect();
-    assert!(!objects.iter().any(|object| matches!(object, Object::ClusterRole(_) | Object::ClusterRoleBinding(_))));
+    assert!(!objects.iter().any(|object| matches!(object, Object::ClusterRole(_))));
+    // Cluster-wide, each service may only ask the API server whose a token is.
+    for object in &objects {
+        let Object::ClusterRoleBinding(binding) = object else { continue };
+        assert_eq!(binding.role_ref.name, "system:auth-delegator", "{:?}", binding.metadata.name);
+        let subjects: Vec<_> = binding.subjects.iter().flatten().map(|subject| subject.name.as_str()).collect();
+        assert_eq!(subjects.len(), 1, "{:?}: one ServiceAccount each", binding.metadata.name);
+    }
     for object in &objects {
         let Object::RoleBinding(binding) = object else { continue };
         let role = &roles[&binding.role_ref.name];
@@ -440,6 +453,10 @@ fn kubernetes_permissions_are_exactly_what_each_service_uses() {
         ])
     );
     assert!(!granted.contains_key("ficus-sessions"), "sessions never calls the API");
+}
+
+fn auth_enabled(values: &[PathBuf]) -> bool {
+    !values.iter().any(|file| std::fs::read_to_string(file).is_ok_and(|text| text.contains("auth:\n  enabled: false")))
 }
 
 fn kubernetes_enabled(values: &[PathBuf]) -> bool {
@@ -498,7 +515,7 @@ fn metadata(object: &Object) -> &ObjectMeta {
         Object::ClusterRole(o) => &o.metadata,
         Object::ClusterRoleBinding(o) => &o.metadata,
         Object::CustomResourceDefinition(o) => &o.metadata,
-        Object::ServiceMonitor(o) => &o.metadata,
+        Object::ServiceMonitor(o) | Object::Certificate(o) => &o.metadata,
     }
 }
 
@@ -595,4 +612,57 @@ fn api_clients_reach_only_the_services_they_are_listed_for() {
         seen += 1;
     }
     assert_eq!(seen, SERVICES.len(), "one policy per service");
+}
+
+#[test]
+fn tls_from_a_secret_reaches_every_service_and_the_test_hook() {
+    let values = manifest::chart_dir().join("ci/tls-values.yaml");
+    let objects = render(std::slice::from_ref(&values));
+    let mounts_the_secret = |pod: &PodSpec| {
+        pod.volumes.iter().flatten().any(|volume| {
+            volume.secret.as_ref().and_then(|secret| secret.secret_name.as_deref()) == Some("ficus-serving-tls")
+        })
+    };
+    for (name, pod) in pod_specs(&objects) {
+        assert!(mounts_the_secret(&pod), "{name} mounts the TLS Secret");
+    }
+    for object in &objects {
+        match object {
+            Object::ConfigMap(map) => {
+                let toml = &map.data.as_ref().expect("data")["ficus.toml"];
+                let config: toml::Value = toml::from_str(toml).expect("toml");
+                let tls = config.get("server").and_then(|server| server.get("tls")).expect("server.tls");
+                assert_eq!(tls.get("cert").and_then(toml::Value::as_str), Some("/etc/ficus/tls/tls.crt"));
+                let calls_peers = config.get("traffic").is_some();
+                let peer_ca =
+                    config.get("server").and_then(|server| server.get("peer_tls")).and_then(|tls| tls.get("ca_cert"));
+                assert_eq!(peer_ca.is_some(), calls_peers, "{:?}: peers are verified", map.metadata.name);
+            }
+            Object::Pod(pod) => {
+                for container in &pod.spec.as_ref().expect("spec").containers {
+                    let command = container.command.clone().unwrap_or_default();
+                    assert!(command.iter().any(|arg| arg == "--ca-cert"), "{}: verifies the services", container.name);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let set = ["tls.enabled=true", "tls.certManager.enabled=true", "tls.certManager.issuerRef.name=ficus-ca"];
+    let objects = manifest::render(&[], &set).expect("render");
+    let certificate = objects
+        .iter()
+        .find_map(|object| match object {
+            Object::Certificate(certificate) => Some(certificate.spec.clone()),
+            _ => None,
+        })
+        .expect("a Certificate");
+    assert_eq!(certificate["secretName"], "ficus-tls");
+    assert_eq!(certificate["issuerRef"]["name"], "ficus-ca");
+    for service in SERVICES {
+        let name = format!("ficus-{service}.ficus.svc");
+        let names = certificate["dnsNames"].as_array().expect("dnsNames");
+        assert!(names.iter().any(|dns| dns == name.as_str()), "the certificate names {name}");
+    }
+    assert!(refusal(&["tls.enabled=true", "tls.certManager.enabled=true"]).contains("tls.certManager.issuerRef.name"));
 }

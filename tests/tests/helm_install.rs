@@ -123,6 +123,10 @@ async fn each_service_account_may_do_what_its_service_does_and_nothing_else() {
         ("ficus-analysis", "patch", "", "services", false),
         ("ficus-analysis", "get", "", "secrets", false),
         ("ficus-sessions", "list", "", "pods", false),
+        // Checking callers' tokens.
+        ("ficus-sessions", "create", "authentication.k8s.io", "tokenreviews", true),
+        ("ficus-traffic", "create", "authentication.k8s.io", "tokenreviews", true),
+        ("ficus-sessions", "get", "", "secrets", false),
     ];
     for (account, verb, group, resource, expected) in cases {
         assert_eq!(

@@ -147,8 +147,49 @@ The Kubernetes API rules of one component: exactly the verbs its code uses.
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the token file, and its generated admin token. */}}
+{{- define "ficus.authSecretName" -}}
+{{- default (printf "%s-auth" (include "ficus.fullname" .)) .Values.auth.tokenFile.existingSecret }}
+{{- end }}
+
+{{/* The Secret holding the services' TLS certificate, key and CA. */}}
+{{- define "ficus.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "ficus.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{/* The user name TokenReview gives one component's ServiceAccount: dict "root" $ "component" "planner". */}}
+{{- define "ficus.serviceAccountUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .root.Release.Namespace (include "ficus.component" .) }}
+{{- end }}
+
+{{/* Where a pod finds the ServiceAccount token it presents to ficus APIs. */}}
+{{- define "ficus.presentedTokenDir" -}}/var/run/secrets/ficus{{- end }}
+
+{{/* Where a pod finds the TLS Secret. */}}
+{{- define "ficus.tlsDir" -}}/etc/ficus/tls{{- end }}
+
+{{/*
+The projected ServiceAccount token a pod presents to ficus APIs, bound to the audience
+TokenReview checks; the kubelet renews it and the services re-read it.
+*/}}
+{{- define "ficus.presentedTokenVolume" -}}
+- name: ficus-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ .Values.auth.tokenReview.audience | quote }}
+          expirationSeconds: 3600
+          path: token
+{{- end }}
+
 {{/* Refuses combinations the schema cannot express, with a message naming the values. */}}
 {{- define "ficus.validate" -}}
+{{- if and .Values.auth.enabled (not .Values.serviceAccount.create) }}
+{{- fail "auth.enabled: the services know each other by their ServiceAccounts; set serviceAccount.create=true" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.issuerRef.name: name the cert-manager issuer of the Certificate" }}
+{{- end }}
 {{- if eq .Values.store.backend "embedded" }}
 {{- range $name := list "planner" "analysis" "traffic" "sessions" }}
 {{- if gt (int (get $.Values $name).replicas) 1 }}
@@ -203,6 +244,33 @@ with the component's `config` merged over them.
 {{- else if eq .component "planner" }}
 {{- $lease := printf "%s/%s" $root.Release.Namespace (include "ficus.component" (dict "root" $root "component" "planner")) }}
 {{- $_ := set $config "kubernetes" (dict "namespace" (include "ficus.targetNamespace" $root) "lease" $lease) }}
+{{- end }}
+{{- end }}
+{{- if $root.Values.auth.enabled }}
+{{- $roles := dict
+  (include "ficus.serviceAccountUser" (dict "root" $root "component" "planner")) (list "operator")
+  (include "ficus.serviceAccountUser" (dict "root" $root "component" "analysis")) (list "viewer")
+  (include "ficus.serviceAccountUser" (dict "root" $root "component" "test")) (list "viewer")
+}}
+{{- $review := dict
+  "audiences" (list $root.Values.auth.tokenReview.audience)
+  "cache_ttl" $root.Values.auth.tokenReview.cacheTtl
+  "roles" (mustMergeOverwrite $roles (deepCopy $root.Values.auth.tokenReview.roles))
+}}
+{{- $auth := dict "token_file" "/etc/ficus/auth/tokens.csv" "token_review" $review }}
+{{- if $service.peers }}
+{{- $_ := set $auth "peer_token_file" (printf "%s/token" (include "ficus.presentedTokenDir" $root)) }}
+{{- end }}
+{{- $_ := set $config.server "auth" $auth }}
+{{- else }}
+{{- /* Authentication is left to something in front, as the values say. */}}
+{{- $_ := set $config.server "auth" (dict "allow_unauthenticated" true) }}
+{{- end }}
+{{- if $root.Values.tls.enabled }}
+{{- $dir := include "ficus.tlsDir" $root }}
+{{- $_ := set $config.server "tls" (dict "cert" (printf "%s/tls.crt" $dir) "key" (printf "%s/tls.key" $dir)) }}
+{{- if $service.peers }}
+{{- $_ := set $config.server "peer_tls" (dict "ca_cert" (printf "%s/ca.crt" $dir)) }}
 {{- end }}
 {{- end }}
 {{- toToml (mustMergeOverwrite $config (deepCopy (get $root.Values .component).config)) }}

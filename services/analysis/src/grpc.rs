@@ -28,10 +28,12 @@ type VerdictStream = Pin<Box<dyn Stream<Item = Result<proto::Verdict, Status>> +
 #[tonic::async_trait]
 impl Analysis for AnalysisService {
     async fn analyze(&self, request: Request<proto::AnalyzeRequest>) -> Result<Response<proto::Verdict>, Status> {
+        ficus_kit::auth::audit::note(&request);
         Ok(Response::new(self.runs.analyze(request.into_inner()).await?))
     }
 
     async fn start_run(&self, request: Request<proto::StartRunRequest>) -> Result<Response<proto::Run>, Status> {
+        ficus_kit::auth::audit::note(&request);
         Ok(Response::new(self.runs.start(request.into_inner()).await?))
     }
 
@@ -46,6 +48,7 @@ impl Analysis for AnalysisService {
     }
 
     async fn stop_run(&self, request: Request<proto::StopRunRequest>) -> Result<Response<proto::Run>, Status> {
+        ficus_kit::auth::audit::note(&request);
         Ok(Response::new(self.runs.stop(&request.into_inner().id).await?))
     }
 }

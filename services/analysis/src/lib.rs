@@ -94,9 +94,10 @@ pub enum Error {
     /// A peer address is malformed.
     #[error(transparent)]
     Peer(#[from] AddressError),
-    /// The token for peers (`server.auth.peer_token_file`) cannot be used.
-    #[error("server.auth.peer_token_file: {0}")]
-    PeerToken(#[from] ficus_kit::auth::TokenFileError),
+    /// What this service presents to its peers (`server.auth.peer_token_file`,
+    /// `server.peer_tls`) cannot be used.
+    #[error("peer credentials: {0}")]
+    PeerCredentials(#[from] ficus_kit::client::CredentialsError),
     /// The HTTP client for Prometheus could not be built.
     #[error("cannot build the Prometheus client: {0}")]
     Prometheus(#[from] reqwest::Error),
@@ -117,8 +118,8 @@ const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Opens the store, resumes runs, and serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let store = Store::open(&config.store, "analysis").await?;
-    let token = config.server.peer_token()?;
-    let traffic = client::connect_as(&config.traffic, PEER_TIMEOUT, token.as_ref())?;
+    let credentials = config.server.peer_credentials()?;
+    let traffic = client::connect_with(&config.traffic, PEER_TIMEOUT, &credentials)?;
     let pods = match &config.kubernetes {
         Some(cluster) => Some(PodSource::new(ficus_kit::kubernetes::client(cluster.kubeconfig.as_deref()).await?)),
         None => None,

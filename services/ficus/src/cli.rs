@@ -156,14 +156,20 @@ fn demo_part(globals: &crate::commands::Globals, part: DemoPart) -> ExitCode {
     match part {
         DemoPart::App(options) => {
             let sessions = globals.sessions().to_owned();
+            let credentials = globals.credentials();
             ficus_kit::run("ficus demo app", &demo_telemetry(), |shutdown| async move {
-                crate::demo::serve_app(options, &sessions, shutdown).await.map_err(|error| error.to_string())
+                let credentials = credentials.map_err(|error| error.to_string())?;
+                crate::demo::serve_app(options, &sessions, &credentials, shutdown)
+                    .await
+                    .map_err(|error| error.to_string())
             })
         }
         DemoPart::Drive(options) => {
             let (planner, traffic) = (globals.planner().to_owned(), globals.traffic().to_owned());
+            let credentials = globals.credentials();
             ficus_kit::run("ficus demo drive", &demo_telemetry(), |_shutdown| async move {
-                summarize(crate::demo::drive(options, &planner, &traffic).await)
+                let credentials = credentials.map_err(|error| error.to_string())?;
+                summarize(crate::demo::drive(options, &planner, &traffic, &credentials).await)
             })
         }
     }

@@ -5,6 +5,9 @@
 
 use std::{process::ExitCode, time::Duration};
 
+use crate::commands::TlsArgs;
+
+use ficus_kit::client::Credentials;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Which service to ask, and how long to wait.
@@ -20,6 +23,9 @@ pub struct HealthOptions {
     /// Longest wait for the answer, connection included.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     pub timeout: Duration,
+    /// TLS to the service; the health check itself needs no credential.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Why a service does not count as healthy.
@@ -28,6 +34,9 @@ pub enum Unhealthy {
     /// The address is not one a channel can be built for.
     #[error(transparent)]
     Address(#[from] ficus_kit::client::AddressError),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] ficus_kit::tls::TlsError),
     /// The call failed: refused, timed out, or the service is unknown.
     #[error("{code:?}: {message}", code = .0.code(), message = .0.message())]
     Call(#[from] tonic::Status),
@@ -38,7 +47,8 @@ pub enum Unhealthy {
 
 /// Asks `options.addr` for its health once.
 pub async fn check(options: &HealthOptions) -> Result<(), Unhealthy> {
-    let channel = ficus_kit::client::connect(&options.addr, options.timeout)?;
+    let credentials = Credentials { token: None, tls: options.tls.load()? };
+    let channel = ficus_kit::client::connect_with(&options.addr, options.timeout, &credentials)?;
     let request = HealthCheckRequest { service: options.service.clone() };
     let status = tokio::time::timeout(options.timeout, HealthClient::new(channel).check(request))
         .await

@@ -12,7 +12,7 @@ use std::{
 
 use ficus_kit::{
     config::{self, ConfigError},
-    server::{Running, ServeError},
+    server::{Running, ServeError, ServerConfig},
 };
 use figment::Figment;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,9 @@ impl Configs {
     }
 
     /// Reads each service's section from `layers`. A service whose `store` is not set
-    /// keeps its state in its own directory under `data_dir`.
+    /// keeps its state in its own directory under `data_dir`; one whose addresses are not
+    /// set listens on loopback, so `ficus up` with nothing configured needs no
+    /// authentication and is reachable from this host only.
     pub fn load(layers: &Figment, data_dir: &Path) -> Result<Self, ConfigError> {
         let store_for = |section: &str| -> Option<String> {
             let configured = layers.find_value(&format!("{section}.store")).is_ok();
@@ -74,7 +76,23 @@ impl Configs {
         if let Some(store) = store_for("planner") {
             configs.planner.store = store;
         }
+        loopback_unless_set(layers, "sessions", &mut configs.sessions.server);
+        loopback_unless_set(layers, "traffic", &mut configs.traffic.server);
+        loopback_unless_set(layers, "analysis", &mut configs.analysis.server);
+        loopback_unless_set(layers, "planner", &mut configs.planner.server);
         Ok(configs)
+    }
+}
+
+/// Moves the addresses of `server` that `layers` does not set for `section` to loopback,
+/// keeping their ports.
+fn loopback_unless_set(layers: &Figment, section: &str, server: &mut ServerConfig) {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    if layers.find_value(&format!("{section}.server.grpc_addr")).is_err() {
+        server.grpc_addr.set_ip(loopback);
+    }
+    if layers.find_value(&format!("{section}.server.admin_addr")).is_err() {
+        server.admin_addr.set_ip(loopback);
     }
 }
 

@@ -92,9 +92,12 @@ struct Clients {
 
 impl Clients {
     fn new(plane: &ControlPlane, token: Option<&str>) -> Self {
-        let token = token.map(|token| BearerToken::new(token).expect("a valid token"));
+        let credentials = client::Credentials {
+            token: token.map(|token| BearerToken::new(token).expect("a valid token")),
+            tls: None,
+        };
         let channel = |running: &ficus_kit::server::Running| {
-            client::connect_as(&running.grpc_addr.to_string(), Duration::from_secs(10), token.as_ref()).expect("addr")
+            client::connect_with(&running.grpc_addr.to_string(), Duration::from_secs(10), &credentials).expect("addr")
         };
         Self {
             planner: PlannerClient::new(channel(&plane.planner)),

@@ -6,18 +6,25 @@
 
 use std::{
     path::Path,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use opentelemetry::{global, propagation::Injector};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tower::Service;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::auth::TokenFileError;
+use crate::{
+    auth::TokenFileError,
+    reload::{self, Watched},
+    tls::{ClientTls, TlsError},
+};
 
 /// How long establishing a connection may take before the call fails with UNAVAILABLE.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,37 +34,77 @@ pub type TracedChannel = TraceContext<Channel>;
 
 /// Why a channel could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid address {address}: {source}")]
+#[error("invalid address {address}: {reason}")]
 pub struct AddressError {
     address: String,
-    source: tonic::transport::Error,
+    reason: String,
 }
 
 /// A lazily connecting channel to `address` (`http://host:port` or `host:port`); each call
 /// may take at most `timeout`.
 pub fn connect(address: &str, timeout: Duration) -> Result<TracedChannel, AddressError> {
-    connect_as(address, timeout, None)
+    connect_with(address, timeout, &Credentials::default())
 }
 
-/// [`connect`], presenting `token` on every call when given.
-pub fn connect_as(
+/// What a client proves itself with: a bearer token, TLS, or both.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// Presented on every call.
+    pub token: Option<BearerToken>,
+    /// Used for every connection; with it, `host:port` addresses are dialled over TLS.
+    pub tls: Option<ClientTls>,
+}
+
+/// Why credentials could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The token file cannot be used.
+    #[error(transparent)]
+    Token(#[from] TokenFileError),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// [`connect`] with `credentials`. An `https://` address without TLS settings is dialled
+/// over TLS trusting the system's roots; an `http://` address with them is refused, since
+/// the caller meant TLS and would otherwise send its token in the clear.
+pub fn connect_with(
     address: &str,
     timeout: Duration,
-    token: Option<&BearerToken>,
+    credentials: &Credentials,
 ) -> Result<TracedChannel, AddressError> {
-    let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    let refuse = |reason: String| AddressError { address: address.to_owned(), reason };
+    let (scheme, authority) = match address.split_once("://") {
+        Some((scheme, authority)) => (Some(scheme), authority),
+        None => (None, address),
+    };
+    let tls = match (scheme, &credentials.tls) {
+        (Some("http"), Some(_)) => {
+            return Err(refuse("TLS is configured for this client; write https:// or no scheme".to_owned()));
+        }
+        (Some("http") | None, None) => None,
+        (Some("https") | None, Some(tls)) => Some(tls.clone()),
+        (Some("https"), None) => Some(ClientTls::system().map_err(|error| refuse(error.to_string()))?),
+        (Some(other), _) => return Err(refuse(format!("`{other}://` is not http:// or https://"))),
+    };
+    let uri = format!("{}://{authority}", if tls.is_some() { "https" } else { "http" });
     let endpoint = Endpoint::from_shared(uri)
-        .map_err(|source| AddressError { address: address.to_owned(), source })?
+        .map_err(|source| refuse(source.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)
         .tcp_nodelay(true);
-    let authorization = token.map(|token| token.0.clone());
-    Ok(TraceContext { inner: endpoint.connect_lazy(), authorization })
+    let channel = match tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+        None => endpoint.connect_lazy(),
+    };
+    Ok(TraceContext { inner: channel, authorization: credentials.token.clone() })
 }
 
-/// A bearer token a client presents in `authorization: Bearer <token>`.
+/// A bearer token a client presents in `authorization: Bearer <token>`; one read from a
+/// file may follow the file as it changes. Cheap to clone.
 #[derive(Clone)]
-pub struct BearerToken(HeaderValue);
+pub struct BearerToken(Arc<ArcSwap<HeaderValue>>);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,22 +115,61 @@ impl std::fmt::Debug for BearerToken {
 impl BearerToken {
     /// `token`, which must be visible ASCII without spaces.
     pub fn new(token: &str) -> Result<Self, InvalidToken> {
-        let usable = !token.is_empty() && token.bytes().all(|byte| byte.is_ascii_graphic());
-        let mut value =
-            usable.then(|| HeaderValue::try_from(format!("Bearer {token}")).ok()).flatten().ok_or(InvalidToken)?;
-        value.set_sensitive(true);
-        Ok(Self(value))
+        Ok(Self(Arc::new(ArcSwap::from_pointee(header(token)?))))
     }
 
     /// The token in the file at `path`, surrounding whitespace ignored.
     pub fn from_file(path: &Path) -> Result<Self, TokenFileError> {
-        let text = crate::auth::read_token_file(path)?;
-        Self::new(text.trim()).map_err(|InvalidToken| TokenFileError::Line {
-            path: path.to_owned(),
-            line: 1,
-            reason: InvalidToken.to_string(),
-        })
+        Ok(Self(Arc::new(ArcSwap::from_pointee(header_in(path)?))))
     }
+
+    /// [`BearerToken::from_file`], re-read whenever the file changes for as long as a
+    /// clone is alive: a projected ServiceAccount token, which the kubelet renews before
+    /// it expires, keeps working.
+    pub fn follow_file(path: &Path) -> Result<Self, TokenFileError> {
+        let watched = Watched::now(vec![path.to_owned()]);
+        let token = Self::from_file(path)?;
+        let path = path.to_owned();
+        let current = Arc::downgrade(&token.0);
+        tokio::spawn(reload::follow(
+            "bearer token",
+            watched,
+            current,
+            move || header_in(&path),
+            CancellationToken::new(),
+        ));
+        Ok(token)
+    }
+
+    /// The token itself, for clients that build their own header (e.g. the session
+    /// client).
+    pub fn secret(&self) -> String {
+        let value = self.0.load();
+        value.to_str().unwrap_or_default().strip_prefix("Bearer ").unwrap_or_default().to_owned()
+    }
+
+    /// The header value, as last read.
+    fn header(&self) -> HeaderValue {
+        HeaderValue::clone(&self.0.load())
+    }
+}
+
+/// `Bearer <token>`, marked sensitive so it is never logged.
+fn header(token: &str) -> Result<HeaderValue, InvalidToken> {
+    let usable = !token.is_empty() && token.bytes().all(|byte| byte.is_ascii_graphic());
+    let mut value =
+        usable.then(|| HeaderValue::try_from(format!("Bearer {token}")).ok()).flatten().ok_or(InvalidToken)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn header_in(path: &Path) -> Result<HeaderValue, TokenFileError> {
+    let text = crate::auth::read_token_file(path)?;
+    header(text.trim()).map_err(|InvalidToken| TokenFileError::Line {
+        path: path.to_owned(),
+        line: 1,
+        reason: InvalidToken.to_string(),
+    })
 }
 
 /// A token that cannot travel in a header.
@@ -96,8 +182,8 @@ pub struct InvalidToken;
 #[derive(Clone, Debug)]
 pub struct TraceContext<S> {
     inner: S,
-    /// `Bearer <token>`, marked sensitive so it is never logged.
-    authorization: Option<HeaderValue>,
+    /// The caller's token, if it has one.
+    authorization: Option<BearerToken>,
 }
 
 impl<S> TraceContext<S> {
@@ -130,7 +216,7 @@ where
         );
         inject(&span, request.headers_mut());
         if let Some(authorization) = &self.authorization {
-            request.headers_mut().insert(http::header::AUTHORIZATION, authorization.clone());
+            request.headers_mut().insert(http::header::AUTHORIZATION, authorization.header());
         }
         let _entered = span.enter();
         self.inner.call(request).in_current_span()

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 mod entry;
 pub mod kubernetes;
+mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod status;

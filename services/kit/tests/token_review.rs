@@ -60,7 +60,12 @@ async fn service_account_tokens_get_the_roles_of_their_account_and_audience() {
         let address = running.grpc_addr.to_string();
         async move {
             let token = BearerToken::new(&token).expect("a token fit for a header");
-            let channel = client::connect_as(&address, Duration::from_secs(10), Some(&token)).expect("address");
+            let channel = client::connect_with(
+                &address,
+                Duration::from_secs(10),
+                &client::Credentials { token: Some(token), tls: None },
+            )
+            .expect("address");
             let request = GetSessionRequest { id: "s".into(), touch: false };
             SessionStoreClient::new(channel).get_session(request).await.expect_err("an empty store answers nothing")
         }

@@ -120,6 +120,7 @@ impl Planner for PlannerService {
         &self,
         request: Request<proto::CreateRolloutRequest>,
     ) -> Result<Response<proto::Rollout>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         let (spec, plan) = self.validate(request.spec.as_ref()).await?;
         let id = if request.id.is_empty() { new_id(&spec.route) } else { request.id };
@@ -205,21 +206,25 @@ impl Planner for PlannerService {
     }
 
     async fn promote(&self, request: Request<proto::PromoteRequest>) -> Result<Response<proto::Rollout>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         Ok(Response::new(self.command(&request.id, Command::Promote { full: request.full }, &request.reason).await?))
     }
 
     async fn pause(&self, request: Request<proto::PauseRequest>) -> Result<Response<proto::Rollout>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         Ok(Response::new(self.command(&request.id, Command::Pause, &request.reason).await?))
     }
 
     async fn resume(&self, request: Request<proto::ResumeRequest>) -> Result<Response<proto::Rollout>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         Ok(Response::new(self.command(&request.id, Command::Resume, &request.reason).await?))
     }
 
     async fn abort(&self, request: Request<proto::AbortRequest>) -> Result<Response<proto::Rollout>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         Ok(Response::new(self.command(&request.id, Command::Abort, &request.reason).await?))
     }

@@ -125,9 +125,10 @@ pub enum Error {
     /// A peer address is malformed.
     #[error(transparent)]
     Peer(#[from] AddressError),
-    /// The token for peers (`server.auth.peer_token_file`) cannot be used.
-    #[error("server.auth.peer_token_file: {0}")]
-    PeerToken(#[from] ficus_kit::auth::TokenFileError),
+    /// What this service presents to its peers (`server.auth.peer_token_file`,
+    /// `server.peer_tls`) cannot be used.
+    #[error("peer credentials: {0}")]
+    PeerCredentials(#[from] ficus_kit::client::CredentialsError),
     /// The server could not start.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -143,9 +144,9 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let store = Store::open(&config.store, "planner").await?;
-    let token = config.server.peer_token()?;
-    let traffic = client::connect_as(&config.traffic, PEER_TIMEOUT, token.as_ref())?;
-    let analysis = client::connect_as(&config.analysis, PEER_TIMEOUT, token.as_ref())?;
+    let credentials = config.server.peer_credentials()?;
+    let traffic = client::connect_with(&config.traffic, PEER_TIMEOUT, &credentials)?;
+    let analysis = client::connect_with(&config.analysis, PEER_TIMEOUT, &credentials)?;
     let rollouts = Rollouts::new(store.clone());
     tokio::spawn(rollouts.clone().follow(shutdown.clone()));
     let cluster = match &config.kubernetes {
@@ -173,7 +174,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let running = server.start(shutdown.clone()).await?;
     if let Some(client) = cluster {
         // The controller goes through this planner's own API, validation included.
-        let own = client::connect_as(&running.grpc_addr.to_string(), PEER_TIMEOUT, token.as_ref())?;
+        let own = client::connect_with(&running.grpc_addr.to_string(), PEER_TIMEOUT, &credentials)?;
         let namespace = config.kubernetes.and_then(|settings| settings.namespace);
         tokio::spawn(kubernetes::controller::run(client, namespace, PlannerClient::new(own), shutdown));
     }

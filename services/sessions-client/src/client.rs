@@ -1,15 +1,17 @@
 //! The calls an application makes: load or create the cookie's session, save changes with
 //! compare-and-set, update with retries, delete.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ficus_proto::sessions::v1::{
     CreateSessionRequest, DeleteSessionRequest, GetSessionRequest, Session as ProtoSession,
     session_call::Request as Call, session_reply::Reply,
 };
+use ficus_tls_connector::{ALPN_H2, TlsConnector};
 use tonic::{
     Code, Status,
     codegen::{Body, Bytes, StdError},
+    metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
 use tonic_types::StatusExt;
@@ -61,16 +63,62 @@ impl SessionClient<Channel> {
     /// cap a busy client at what those tasks manage, and its calls would move in lockstep
     /// batches, waiting while the store answers the previous one.
     pub fn connect_lazy(address: &str) -> Result<Self, Error> {
-        let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|source| Error::Address { address: address.to_owned(), source })?
+        Self::connect_lazy_with(address, &ConnectOptions::default())
+    }
+
+    /// [`SessionClient::connect_lazy`] to a store that requires credentials: over TLS
+    /// when `options.tls` is set (the address may then be `https://host:port` or
+    /// `host:port`), presenting `options.token` when set.
+    pub fn connect_lazy_with(address: &str, options: &ConnectOptions) -> Result<Self, Error> {
+        let invalid = |reason: String| Error::Address { address: address.to_owned(), reason };
+        let authority = address.split_once("://").map_or(address, |(_, authority)| authority);
+        let scheme = match (address.split_once("://").map(|(scheme, _)| scheme), &options.tls) {
+            (Some("http") | None, None) => "http",
+            (Some("https") | None, Some(_)) => "https",
+            (Some(scheme), _) => {
+                return Err(invalid(format!(
+                    "`{scheme}://` does not match the TLS options (http:// without, https:// with)"
+                )));
+            }
+        };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+            .map_err(|source| invalid(source.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(CALL_TIMEOUT)
             .tcp_nodelay(true);
-        Ok(Self::over((0..CONNECTIONS).map(|_| endpoint.connect_lazy())))
+        let channels: Vec<Channel> = match &options.tls {
+            Some(tls) => {
+                let mut tls = (**tls).clone();
+                tls.alpn_protocols = vec![ALPN_H2.to_vec()];
+                let connector = TlsConnector::fixed(Arc::new(tls), None);
+                (0..CONNECTIONS).map(|_| endpoint.connect_with_connector_lazy(connector.clone())).collect()
+            }
+            None => (0..CONNECTIONS).map(|_| endpoint.connect_lazy()).collect(),
+        };
+        let client = Self::over(channels);
+        match &options.token {
+            Some(token) => {
+                let authorization = MetadataValue::try_from(format!("Bearer {token}"))
+                    .ok()
+                    .filter(|_| !token.is_empty() && token.bytes().all(|byte| byte.is_ascii_graphic()))
+                    .ok_or_else(|| Error::Token)?;
+                Ok(Self { pipeline: client.pipeline.with_authorization(authorization), ..client })
+            }
+            None => Ok(client),
+        }
     }
+}
+
+/// What a client presents to a store that requires credentials.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// The bearer token of a caller holding the store's `app` role.
+    pub token: Option<String>,
+    /// TLS: the roots the store's certificate must chain to and, for mutual TLS, the
+    /// client's certificate. HTTP/2 is offered whatever the configuration says.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<T> SessionClient<T>

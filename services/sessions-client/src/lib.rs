@@ -29,28 +29,35 @@
 //! # }
 //! ```
 //!
-//! It depends on tonic and the generated ficus types only, so it fits any web framework.
+//! A store that requires credentials is reached with [`SessionClient::connect_lazy_with`]:
+//! a bearer token of a caller with the `app` role, TLS, or both.
+//!
+//! It depends on tonic, rustls and the generated ficus types only, so it fits any web
+//! framework.
 
 mod client;
 mod pipeline;
 mod retry;
 mod session;
 
-pub use self::client::{CONNECTIONS, Loaded, SessionClient};
+pub use self::client::{CONNECTIONS, ConnectOptions, Loaded, SessionClient};
 pub use self::retry::RetryPolicy;
 pub use self::session::Session;
 
 /// Why a session call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The session store address is not a valid URI.
-    #[error("invalid session store address {address}: {source}")]
+    /// The session store address is not a valid URI, or does not fit the options.
+    #[error("invalid session store address {address}: {reason}")]
     Address {
         /// The address given.
         address: String,
         /// Why it is invalid.
-        source: tonic::transport::Error,
+        reason: String,
     },
+    /// The token cannot travel in a header.
+    #[error("a bearer token must be visible ASCII characters without spaces")]
+    Token,
     /// The session expired or was deleted; start a new one.
     #[error("the session no longer exists")]
     NotFound,

@@ -33,6 +33,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{
     Code, Status,
     codegen::{Body, Bytes, StdError},
+    metadata::{Ascii, MetadataValue},
 };
 
 /// Most calls a client has unanswered at a time; the server runs as many per stream.
@@ -54,6 +55,8 @@ type Outcome = Result<Reply, Status>;
 #[derive(Clone, Debug)]
 pub(crate) struct Pipeline<T> {
     lanes: Arc<[Lane<T>]>,
+    /// `Bearer <token>`, sent when each stream opens.
+    authorization: Option<MetadataValue<Ascii>>,
     /// The lane of the next call.
     next: Arc<AtomicUsize>,
     slots: Arc<Semaphore>,
@@ -90,7 +93,13 @@ where
             .into_iter()
             .map(|channel| Lane { grpc: SessionStoreClient::new(channel), calls: OnceLock::new() })
             .collect();
-        Self { lanes, next: Arc::default(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
+        Self { lanes, authorization: None, next: Arc::default(), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
+    }
+
+    /// Presents `authorization` on every stream opened from now on.
+    pub(crate) fn with_authorization(mut self, authorization: MetadataValue<Ascii>) -> Self {
+        self.authorization = Some(authorization);
+        self
     }
 
     /// Makes `request` and waits for its reply.
@@ -100,7 +109,13 @@ where
         let lane = self.lane().ok_or_else(|| Status::unavailable("the session client has no channel"))?;
         let calls = lane.calls.get_or_init(|| {
             let (calls, incoming) = mpsc::unbounded_channel();
-            let driver = Driver { grpc: lane.grpc.clone(), incoming, unsent: VecDeque::new(), next_id: 0 };
+            let driver = Driver {
+                grpc: lane.grpc.clone(),
+                authorization: self.authorization.clone(),
+                incoming,
+                unsent: VecDeque::new(),
+                next_id: 0,
+            };
             tokio::spawn(driver.run());
             calls
         });
@@ -125,6 +140,7 @@ fn stopped() -> Status {
 /// Owns the stream: sends calls, matches replies, reopens after an end.
 struct Driver<T> {
     grpc: SessionStoreClient<T>,
+    authorization: Option<MetadataValue<Ascii>>,
     incoming: mpsc::UnboundedReceiver<Pending>,
     /// Calls to send on the next stream, oldest first.
     unsent: VecDeque<Pending>,
@@ -158,7 +174,11 @@ where
         let (outbound, calls) = mpsc::unbounded_channel();
         // Sent with the request, so the stream opens with work to do.
         let _ = outbound.send(self.batch(&mut waiting));
-        let mut replies = match self.grpc.pipeline(UnboundedReceiverStream::new(calls)).await {
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(calls));
+        if let Some(authorization) = &self.authorization {
+            request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        let mut replies = match self.grpc.pipeline(request).await {
             Ok(replies) => replies.into_inner(),
             Err(status) => return fail(waiting, &status),
         };

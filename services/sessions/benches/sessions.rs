@@ -18,7 +18,10 @@
 //! with a worker on every core, Redis is preempted in the middle of commands, and whichever
 //! path leans on Redis hardest is measured slowest for a reason that is not its own.
 //!
-//! `cargo bench -p ficus-sessions`
+//! `cargo bench -p ficus-sessions --bench sessions`
+
+#[path = "support/cell.rs"]
+mod cell;
 
 use std::{
     collections::HashMap,
@@ -36,10 +39,11 @@ use ficus_proto::sessions::v1::{
 use ficus_sessions::Config;
 use ficus_sessions_client::SessionClient;
 use ficus_testkit::RedisServer;
-use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+
+use self::cell::Cell;
 
 // As the service binary does, so its allocations cost what they cost in production.
 #[global_allocator]
@@ -82,31 +86,6 @@ enum Path {
     Raw,
     Unary,
     Pipelined,
-}
-
-struct Cell {
-    ops: u64,
-    errors: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-}
-
-impl Cell {
-    fn empty() -> Self {
-        Self { ops: 0, errors: 0, elapsed: Duration::ZERO, latency: histogram() }
-    }
-
-    /// Takes in another stretch of the same cell.
-    fn add(&mut self, other: Cell) {
-        self.ops += other.ops;
-        self.errors += other.errors;
-        self.elapsed += other.elapsed;
-        let _ = self.latency.add(other.latency);
-    }
-
-    fn throughput(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
 }
 
 /// What every client of a cell uses.
@@ -239,8 +218,8 @@ async fn run_for(targets: &Targets, op: Op, path: Path, clients: usize, time: Du
         .collect();
     let mut cell = Cell::empty();
     for task in tasks {
-        if let Ok((ops, errors, latency)) = task.await {
-            cell.add(Cell { ops, errors, elapsed: Duration::ZERO, latency });
+        if let Ok(done) = task.await {
+            cell.add(done);
         }
     }
     cell.elapsed = started.elapsed();
@@ -256,16 +235,15 @@ async fn client_loop(
     end: Instant,
     max_ops: u64,
     issued: Arc<AtomicU64>,
-) -> (u64, u64, Histogram<u64>) {
+) -> Cell {
     let id = targets.session_ids[client].clone();
     let key = targets.raw_keys[client].clone();
-    let mut latency = histogram();
-    let (mut ops, mut errors) = (0_u64, 0_u64);
+    let mut cell = Cell::empty();
     // Unknown at first; 0 makes the first update unconditional, then CAS on what it saw.
     let mut version = 0_u64;
     let mut session = None;
     while Instant::now() < end && issued.fetch_add(1, Ordering::Relaxed) < max_ops {
-        let value = ops.to_string();
+        let value = (cell.ops + cell.errors).to_string();
         let started = Instant::now();
         let ok = match (op, path) {
             (Op::Get, Path::Pipelined) => targets.client.peek(&id).await.is_ok_and(|session| session.is_some()),
@@ -324,17 +302,7 @@ async fn client_loop(
                 }
             }
         };
-        latency.saturating_record(started.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
-        if ok {
-            ops += 1;
-        } else {
-            errors += 1;
-        }
+        cell.record(started.elapsed(), ok);
     }
-    (ops, errors, latency)
-}
-
-fn histogram() -> Histogram<u64> {
-    // 1 µs to 60 s at three significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|error| panic!("histogram bounds: {error}"))
+    cell
 }

@@ -37,6 +37,7 @@ impl SessionStoreService {
 #[tonic::async_trait]
 impl SessionStore for SessionStoreService {
     async fn create_session(&self, request: Request<CreateSessionRequest>) -> Result<Response<ProtoSession>, Status> {
+        ficus_kit::auth::audit::note(&request);
         Ok(Response::new(create(&self.sessions, request.into_inner()).await?))
     }
 
@@ -45,10 +46,12 @@ impl SessionStore for SessionStoreService {
     }
 
     async fn update_session(&self, request: Request<UpdateSessionRequest>) -> Result<Response<ProtoSession>, Status> {
+        ficus_kit::auth::audit::note(&request);
         Ok(Response::new(update(&self.sessions, request.into_inner()).await?))
     }
 
     async fn touch_session(&self, request: Request<TouchSessionRequest>) -> Result<Response<ProtoSession>, Status> {
+        ficus_kit::auth::audit::note(&request);
         Ok(Response::new(touch(&self.sessions, request.into_inner()).await?))
     }
 
@@ -56,6 +59,7 @@ impl SessionStore for SessionStoreService {
         &self,
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
+        ficus_kit::auth::audit::note(&request);
         Ok(Response::new(delete(&self.sessions, request.into_inner()).await?))
     }
 

@@ -66,6 +66,7 @@ fn snapshot_event(table: &LiveTable) -> proto::RouteEvent {
 #[tonic::async_trait]
 impl TrafficControl for TrafficService {
     async fn put_route(&self, request: Request<proto::PutRouteRequest>) -> Result<Response<proto::Route>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         let route = request.route.ok_or_else(|| status::invalid_argument("route", "required"))?;
         if route.kubernetes.is_some() && self.kubernetes.is_none() {
@@ -92,12 +93,14 @@ impl TrafficControl for TrafficService {
         &self,
         request: Request<proto::DeleteRouteRequest>,
     ) -> Result<Response<proto::DeleteRouteResponse>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         self.registry.delete(&request.name, request.expected_generation).await?;
         Ok(Response::new(proto::DeleteRouteResponse {}))
     }
 
     async fn set_weights(&self, request: Request<proto::SetWeightsRequest>) -> Result<Response<proto::Route>, Status> {
+        ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         Ok(Response::new(
             self.registry.set_weights(&request.route, &request.weights, request.expected_generation).await?,

@@ -17,11 +17,15 @@ pub mod session;
 use std::{
     error::Error as _,
     io::{self, IsTerminal, Write},
+    path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
 
-use ficus_kit::client::{self, BearerToken, TracedChannel};
+use ficus_kit::{
+    client::{self, BearerToken, Credentials, TracedChannel},
+    tls::{ClientTls, ClientTlsConfig, TlsError},
+};
 use tonic::{Code, Status};
 
 use crate::{output::Format, spec_file::SpecError};
@@ -52,20 +56,31 @@ pub struct Globals {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// A file holding the bearer token (e.g. a projected ServiceAccount token), read when
+    /// `--token` is not given.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE", env = "FICUS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS to the services.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Output: human tables, or the proto3 JSON mapping as JSON or YAML.
     #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
     pub output: Format,
 }
 
-/// Service addresses from the configuration file (`[client]` in `ficus.toml`, or
-/// `FICUS_CLIENT__PLANNER` and so on), used when neither a flag nor the `FICUS_*_ADDR`
-/// variable names one.
+/// Service addresses and credentials from the configuration file (`[client]` in
+/// `ficus.toml`, or `FICUS_CLIENT__PLANNER` and so on), used when neither a flag nor its
+/// environment variable gives one.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ClientConfig {
     planner: Option<String>,
     traffic: Option<String>,
     sessions: Option<String>,
     token: Option<String>,
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    tls: ClientTlsConfig,
 }
 
 impl Globals {
@@ -81,7 +96,28 @@ impl Globals {
         self.traffic = self.traffic.or(client.traffic);
         self.sessions = self.sessions.or(client.sessions);
         self.token = self.token.or(client.token);
+        self.token_file = self.token_file.or(client.token_file);
+        self.tls.ca_cert = self.tls.ca_cert.or(client.tls.ca_cert);
+        if self.tls.cert.is_none() {
+            self.tls.cert = client.tls.cert;
+            self.tls.key = client.tls.key;
+        }
         Ok(self)
+    }
+
+    /// The token and TLS settings every command presents.
+    pub fn credentials(&self) -> Result<Credentials, CliError> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => {
+                Some(BearerToken::new(token).map_err(|error| CliError::Usage(format!("--token: {error}")))?)
+            }
+            (None, Some(path)) => {
+                Some(BearerToken::from_file(path).map_err(|error| CliError::Usage(format!("--token-file: {error}")))?)
+            }
+            (None, None) => None,
+        };
+        let tls = self.tls.load().map_err(|error| CliError::Usage(format!("TLS: {error}")))?;
+        Ok(Credentials { token, tls })
     }
 
     /// The planner's address.
@@ -97,6 +133,37 @@ impl Globals {
     /// The session store's address.
     pub fn sessions(&self) -> &str {
         self.sessions.as_deref().unwrap_or("127.0.0.1:7004")
+    }
+}
+
+/// TLS to the services: the CA their certificates chain to, and a client certificate for
+/// those that require mutual TLS. With either, `host:port` addresses are dialled over TLS.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) the services' certificates must chain to.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE", env = "FICUS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for services that require mutual TLS.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE", env = "FICUS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The key (PEM) of `--cert`.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE", env = "FICUS_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS these settings ask for; none when no file is named.
+    pub fn load(&self) -> Result<Option<ClientTls>, TlsError> {
+        if self.ca_cert.is_none() && self.cert.is_none() && self.key.is_none() {
+            return Ok(None);
+        }
+        let config = ClientTlsConfig {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            server_name: None,
+        };
+        ClientTls::load(&config).map(Some)
     }
 }
 
@@ -134,11 +201,9 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// A channel to `service` at `address`, presenting `token` when given.
-    pub fn connect(service: Service, address: &str, token: Option<&str>) -> Result<Self, CliError> {
-        let token =
-            token.map(BearerToken::new).transpose().map_err(|error| CliError::Usage(format!("--token: {error}")))?;
-        let channel = client::connect_as(address, CALL_TIMEOUT, token.as_ref())
+    /// A channel to `service` at `address`, presenting `credentials`.
+    pub fn connect(service: Service, address: &str, credentials: &Credentials) -> Result<Self, CliError> {
+        let channel = client::connect_with(address, CALL_TIMEOUT, credentials)
             .map_err(|error| CliError::Usage(format!("--{}: {error}", flag(service))))?;
         Ok(Self { service, address: address.to_owned(), channel })
     }
@@ -164,7 +229,7 @@ impl Remote {
                 CliError::Invalid(message)
             }
             Code::Unauthenticated => CliError::Server(format!(
-                "the {} did not accept the credential ({message}); pass --token or set FICUS_TOKEN",
+                "the {} did not accept the credential ({message}); pass --token or --token-file, or set FICUS_TOKEN",
                 self.service.name()
             )),
             Code::PermissionDenied => CliError::Server(format!("the {} refused: {message}", self.service.name())),
@@ -314,7 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_statuses_keep_their_message_and_field() {
-        let remote = Remote::connect(Service::Planner, "127.0.0.1:1", None).expect("address");
+        let remote = Remote::connect(Service::Planner, "127.0.0.1:1", &Credentials::default()).expect("address");
         let error = remote.error(Status::not_found("rollout `x` not found"));
         assert_eq!((error.to_string(), error.exit_code()), ("rollout `x` not found".to_owned(), 1));
         let error = remote.error(ficus_kit::status::invalid_argument("spec.route", "required"));

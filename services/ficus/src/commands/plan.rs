@@ -33,7 +33,7 @@ pub async fn run(globals: &Globals, command: PlanCommand, out: &mut (dyn Write +
     match command {
         PlanCommand::Preview { file } => {
             let spec = spec_file::read(&file)?;
-            let planner = Remote::connect(Service::Planner, globals.planner(), globals.token.as_deref())?;
+            let planner = Remote::connect(Service::Planner, globals.planner(), &globals.credentials()?)?;
             let response = PlannerClient::new(planner.channel.clone())
                 .preview_plan(proto::PreviewPlanRequest { spec: Some(spec) })
                 .await

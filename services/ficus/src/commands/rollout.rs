@@ -125,7 +125,7 @@ pub async fn run(
         RolloutCommand::Apply { file, .. } => Some(spec_file::read(file)?),
         _ => None,
     };
-    let planner = Remote::connect(Service::Planner, globals.planner(), globals.token.as_deref())?;
+    let planner = Remote::connect(Service::Planner, globals.planner(), &globals.credentials()?)?;
     let mut api = PlannerClient::new(planner.channel.clone());
     let rollout = match command {
         RolloutCommand::Apply { id, .. } => {

@@ -94,7 +94,7 @@ pub async fn run(globals: &Globals, command: RouteCommand, out: &mut (dyn Write 
         RouteCommand::Apply { file, .. } => Some(spec_file::read_as::<proto::Route>(file)?),
         _ => None,
     };
-    let traffic = Remote::connect(Service::Traffic, globals.traffic(), globals.token.as_deref())?;
+    let traffic = Remote::connect(Service::Traffic, globals.traffic(), &globals.credentials()?)?;
     let mut api = TrafficControlClient::new(traffic.channel.clone());
     let route = match command {
         RouteCommand::List => {

@@ -23,7 +23,7 @@ pub enum SessionCommand {
 
 /// Runs a `session` command.
 pub async fn run(globals: &Globals, command: SessionCommand, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
-    let sessions = Remote::connect(Service::Sessions, globals.sessions(), globals.token.as_deref())?;
+    let sessions = Remote::connect(Service::Sessions, globals.sessions(), &globals.credentials()?)?;
     match command {
         SessionCommand::Get { id } => {
             // Without `touch`: looking at a session must not keep it alive.

@@ -19,13 +19,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ficus_kit::client::TracedChannel;
+use ficus_kit::{
+    client::{BearerToken, Credentials, TracedChannel},
+    tls::ClientTls,
+};
 use ficus_proto::{
     analysis::v1 as analysis,
     planner::v1::{self as planner, Phase, planner_client::PlannerClient},
     traffic::v1::{self as traffic, traffic_control_client::TrafficControlClient},
 };
-use ficus_sessions_client::SessionClient;
+use ficus_sessions_client::{ConnectOptions, SessionClient};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -108,11 +111,21 @@ pub struct AppOptions {
     pub listen: std::net::SocketAddr,
 }
 
-/// Serves one demo application, keeping sessions in the session store at `sessions`,
-/// until `shutdown`.
-pub async fn serve_app(options: AppOptions, sessions: &str, shutdown: CancellationToken) -> Result<(), DemoError> {
-    let url = if sessions.contains("://") { sessions.to_owned() } else { format!("http://{sessions}") };
-    let sessions = SessionClient::connect_lazy(&url).map_err(|error| DemoError::Call(error.to_string()))?;
+/// Serves one demo application, keeping sessions in the session store at `sessions`
+/// (reached with `credentials`), until `shutdown`.
+pub async fn serve_app(
+    options: AppOptions,
+    sessions: &str,
+    credentials: &Credentials,
+    shutdown: CancellationToken,
+) -> Result<(), DemoError> {
+    let url = sessions.to_owned();
+    let connect = ConnectOptions {
+        token: credentials.token.as_ref().map(BearerToken::secret),
+        tls: credentials.tls.as_ref().map(ClientTls::config),
+    };
+    let sessions =
+        SessionClient::connect_lazy_with(&url, &connect).map_err(|error| DemoError::Call(error.to_string()))?;
     let version = match options.version {
         Version::V1 => "v1",
         Version::V2 => "v2",
@@ -203,15 +216,20 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
 /// Runs the demo against a control plane and applications that already run, printing
 /// progress to stdout, and returns its summary.
-pub async fn drive(options: DriveOptions, planner: &str, traffic: &str) -> Result<Summary, DemoError> {
+pub async fn drive(
+    options: DriveOptions,
+    planner: &str,
+    traffic: &str,
+    credentials: &Credentials,
+) -> Result<Summary, DemoError> {
     let proxy = tokio::net::lookup_host(&options.proxy)
         .await
         .map_err(|error| DemoError::Call(format!("proxy {}: {error}", options.proxy)))?
         .next()
         .ok_or_else(|| DemoError::Call(format!("proxy {} has no address", options.proxy)))?;
     let scene = Scene {
-        traffic: TrafficControlClient::new(connect(traffic)?),
-        planner: PlannerClient::new(connect(planner)?),
+        traffic: TrafficControlClient::new(connect(traffic, credentials)?),
+        planner: PlannerClient::new(connect(planner, credentials)?),
         proxy,
         legacy: options.legacy,
         new: options.new,
@@ -234,8 +252,8 @@ async fn run_in(pace: &Pace, data: &std::path::Path, shutdown: CancellationToken
     println!("control plane up; legacy v1 on {v1}, new v2 on {v2}, proxy on {proxy}");
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let scene = Scene {
-        traffic: TrafficControlClient::new(connect(&plane.traffic.grpc_addr.to_string())?),
-        planner: PlannerClient::new(connect(&plane.planner.grpc_addr.to_string())?),
+        traffic: TrafficControlClient::new(connect(&plane.traffic.grpc_addr.to_string(), &Credentials::default())?),
+        planner: PlannerClient::new(connect(&plane.planner.grpc_addr.to_string(), &Credentials::default())?),
         proxy,
         legacy: v1.to_string(),
         new: v2.to_string(),
@@ -257,8 +275,9 @@ struct Scene {
     prefix: String,
 }
 
-fn connect(address: &str) -> Result<TracedChannel, DemoError> {
-    ficus_kit::client::connect(address, Duration::from_secs(10)).map_err(|error| DemoError::Call(error.to_string()))
+fn connect(address: &str, credentials: &Credentials) -> Result<TracedChannel, DemoError> {
+    ficus_kit::client::connect_with(address, Duration::from_secs(10), credentials)
+        .map_err(|error| DemoError::Call(error.to_string()))
 }
 
 /// The demo itself: the route, the users, a migration, then a faulty release rolled back.

@@ -8,11 +8,14 @@ use std::{
 };
 
 use http::{Request, Response, header::AUTHORIZATION};
+use rustls::pki_types::CertificateDer;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{Access, Authenticator, Identity, Role, access};
-use crate::server::response_code;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::{Access, Authenticator, Identity, Role, access, audit::ResourceNote};
+use crate::{server::response_code, tls::TlsPeer};
 
 /// Adds [`Authorize`] to a service.
 #[derive(Clone, Debug)]
@@ -64,34 +67,53 @@ where
             Access::Role(role) => role,
         };
         let token = bearer(&request).map(str::to_owned);
+        let certificate = client_certificate(&request);
+        // The server span of the call, which the audit attributes go on.
+        let span = tracing::Span::current();
         let authenticator = self.authenticator.clone();
         // The service that was polled ready goes with the call; a fresh clone stays.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         Box::pin(async move {
-            let Some(token) = token else {
-                let status = Status::unauthenticated("no credential: send `authorization: Bearer <token>`");
-                return Ok(refuse(&method, None, status));
-            };
-            let identity = match authenticator.identify(&token).await {
-                Ok(Some(identity)) => identity,
-                Ok(None) => return Ok(refuse(&method, None, Status::unauthenticated("unknown token"))),
-                Err(reason) => return Ok(refuse(&method, None, Status::unavailable(reason))),
+            let identity = match (token, certificate) {
+                (Some(token), _) => match authenticator.identify(&token).await {
+                    Ok(Some(identity)) => identity,
+                    Ok(None) => return Ok(refuse(&span, &method, None, Status::unauthenticated("unknown token"))),
+                    Err(reason) => return Ok(refuse(&span, &method, None, Status::unavailable(reason))),
+                },
+                (None, Some(certificate)) => match authenticator.identify_certificate(&certificate) {
+                    Ok(identity) => identity,
+                    Err(reason) => return Ok(refuse(&span, &method, None, Status::unauthenticated(reason))),
+                },
+                (None, None) => {
+                    let status = Status::unauthenticated(
+                        "no credential: send `authorization: Bearer <token>` or a client certificate",
+                    );
+                    return Ok(refuse(&span, &method, None, status));
+                }
             };
             if !identity.may(needed) {
                 let status = Status::permission_denied(format!(
                     "`{}` lacks the role `{needed}` that {method} needs",
                     identity.user
                 ));
-                return Ok(refuse(&method, Some(&identity), status));
+                return Ok(refuse(&span, &method, Some(&identity), status));
             }
             let audited = changes_something(needed, &method);
             let user = identity.user.clone();
+            let authenticated_by = identity.credential.name();
+            span.set_attribute("enduser.id", user.clone());
+            span.set_attribute("ficus.auth.credential", authenticated_by);
+            let note = ResourceNote::default();
             request.extensions_mut().insert(identity);
+            request.extensions_mut().insert(note.clone());
             let result = inner.call(request).await;
             if audited {
                 let outcome = crate::status::code_name(response_code(&result));
-                tracing::info!(target: "ficus::audit", user, authenticated_by = "token", rpc = method, outcome, "call");
+                let resource = note.resource();
+                span.set_attribute("ficus.audit.resource", resource.to_owned());
+                span.set_attribute("ficus.audit.outcome", outcome);
+                tracing::info!(target: "ficus::audit", user, authenticated_by, rpc = method, resource, outcome, "call");
             }
             result
         })
@@ -116,12 +138,24 @@ fn bearer<B>(request: &Request<B>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The answer to a refused call, which never reaches the service; audited.
-fn refuse<R: Default>(method: &str, identity: Option<&Identity>, status: Status) -> Response<R> {
+/// The leaf certificate the client presented in the TLS handshake, already verified
+/// against `server.tls.client_ca`.
+fn client_certificate<B>(request: &Request<B>) -> Option<CertificateDer<'static>> {
+    request.extensions().get::<TlsPeer>()?.certificate.clone()
+}
+
+/// The answer to a refused call, which never reaches the service; audited, and the
+/// refusal set on the call's span.
+fn refuse<R: Default>(span: &tracing::Span, method: &str, identity: Option<&Identity>, status: Status) -> Response<R> {
     let user = identity.map_or("-", |identity| identity.user.as_str());
-    let authenticated_by = if identity.is_some() { "token" } else { "none" };
+    let authenticated_by = identity.map_or("none", |identity| identity.credential.name());
     let outcome = crate::status::code_name(status.code());
     let reason = status.message();
+    if identity.is_some() {
+        span.set_attribute("enduser.id", user.to_owned());
+    }
+    span.set_attribute("ficus.auth.credential", authenticated_by);
+    span.set_attribute("ficus.audit.outcome", outcome);
     tracing::warn!(target: "ficus::audit", user, authenticated_by, rpc = method, outcome, reason, "refused");
     status.into_http::<R>()
 }

@@ -24,6 +24,12 @@
 //! - `app`: the session store, nothing else;
 //! - `admin`: everything.
 //!
+//! # Client certificates
+//!
+//! With mutual TLS (`server.tls.client_ca`), a caller that sends no token is who its
+//! certificate names: the subject's common name, or else a URI or DNS subject alternative
+//! name, whichever `server.auth.mtls_roles` maps to roles. A token, when sent, wins.
+//!
 //! Health checks need no credential. No credential, or one nobody vouches for, is
 //! UNAUTHENTICATED; a known caller without the role is PERMISSION_DENIED naming the role;
 //! a cluster that cannot be asked is UNAVAILABLE.
@@ -33,18 +39,24 @@
 //!
 //! Every refusal, and every call that changes something (any call beyond `viewer`, except
 //! session reads), is one structured event with target `ficus::audit`: who, how they were
-//! authenticated, the method, and the outcome.
+//! authenticated, the method, the resource the handler noted ([`audit::note`]), and the
+//! outcome. The same attributes go on the call's server span (`enduser.id`,
+//! `ficus.auth.credential`, `ficus.audit.resource`, `ficus.audit.outcome`), so traces
+//! carry them to wherever spans are exported.
 
+pub mod audit;
+mod certificate;
 mod layer;
 mod review;
 mod tokens;
 
-use std::{fmt, path::PathBuf};
+use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use self::certificate::CertificateRoles;
 pub(crate) use self::layer::AuthLayer;
 use self::review::TokenReviewer;
 pub(crate) use self::tokens::read as read_token_file;
@@ -66,6 +78,13 @@ pub struct AuthConfig {
     /// A file holding the bearer token this service presents when it calls its peers
     /// (planner to traffic and analysis, analysis to traffic).
     pub peer_token_file: Option<PathBuf>,
+    /// Roles by client certificate name (its subject's CN, or a URI or DNS SAN), for
+    /// mutual TLS (`server.tls.client_ca`).
+    pub mtls_roles: BTreeMap<String, Vec<String>>,
+    /// Serve a non-loopback address with no authentication configured, letting every
+    /// caller in. Only for a service behind something that authenticates for it; without
+    /// it such a service refuses to start.
+    pub allow_unauthenticated: bool,
 }
 
 /// Why authentication could not be set up.
@@ -77,9 +96,11 @@ pub enum AuthError {
     /// The cluster of `server.auth.token_review` cannot be reached.
     #[error("server.auth.token_review: {0}")]
     Cluster(#[from] crate::kubernetes::KubernetesError),
-    /// `server.auth.token_review.roles` names something that is not a role.
-    #[error("server.auth.token_review.roles.{subject}: `{role}` is not a role (viewer, operator, app, admin)")]
+    /// A role mapping names something that is not a role.
+    #[error("{key}.{subject}: `{role}` is not a role (viewer, operator, app, admin)")]
     Role {
+        /// The mapping, e.g. `server.auth.mtls_roles`.
+        key: &'static str,
         /// Whose roles.
         subject: String,
         /// The name that is not a role.
@@ -87,12 +108,45 @@ pub enum AuthError {
     },
 }
 
-/// Who a bearer token belongs to: the token file first, then the cluster's TokenReview;
-/// cheap to clone.
+/// Roles by subject, from a mapping in configuration whose key is `key`.
+fn role_table(key: &'static str, names: &BTreeMap<String, Vec<String>>) -> Result<RoleTable, AuthError> {
+    names
+        .iter()
+        .map(|(subject, roles)| {
+            let roles = roles
+                .iter()
+                .map(|role| {
+                    Role::from_group(role).ok_or_else(|| AuthError::Role {
+                        key,
+                        subject: subject.clone(),
+                        role: role.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((subject.clone(), roles))
+        })
+        .collect()
+}
+
+/// Roles by user name, group or certificate name.
+type RoleTable = BTreeMap<String, Vec<Role>>;
+
+/// The roles `subjects` hold together, each once.
+fn roles_of<'a>(table: &RoleTable, subjects: impl IntoIterator<Item = &'a str>) -> Vec<Role> {
+    let mut roles: Vec<Role> =
+        subjects.into_iter().filter_map(|subject| table.get(subject)).flatten().copied().collect();
+    roles.sort_unstable();
+    roles.dedup();
+    roles
+}
+
+/// Who a caller is: by bearer token, from the token file first, then the cluster's
+/// TokenReview; or by client certificate. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     file: Option<TokenFile>,
     review: Option<TokenReviewer>,
+    certificates: Option<CertificateRoles>,
 }
 
 impl Authenticator {
@@ -107,7 +161,19 @@ impl Authenticator {
             Some(review) => Some(TokenReviewer::new(review).await?),
             None => None,
         };
-        Ok((file.is_some() || review.is_some()).then_some(Self { file, review }))
+        let certificates = (!config.mtls_roles.is_empty())
+            .then(|| role_table("server.auth.mtls_roles", &config.mtls_roles).map(CertificateRoles::new))
+            .transpose()?;
+        let any = file.is_some() || review.is_some() || certificates.is_some();
+        Ok(any.then_some(Self { file, review, certificates }))
+    }
+
+    /// The caller a client certificate (DER) names; `Err` says why it names nobody.
+    pub fn identify_certificate(&self, certificate: &[u8]) -> Result<Identity, String> {
+        match &self.certificates {
+            Some(certificates) => certificates.identify(certificate),
+            None => Err("client certificates are not mapped to roles here (server.auth.mtls_roles)".to_owned()),
+        }
     }
 
     /// The caller `token` belongs to, `None` when nobody vouches for it, or why the
@@ -186,10 +252,34 @@ impl fmt::Display for Role {
 /// An authenticated caller, added to each request's extensions for the handlers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    /// The user name from the token file.
+    /// The user name: from the token file, the cluster, or the client certificate.
     pub user: String,
     /// Its roles.
     pub roles: Vec<Role>,
+    /// How the caller proved who it is.
+    pub credential: Credential,
+}
+
+/// How a caller proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A bearer token from the token file.
+    Token,
+    /// A ServiceAccount token the cluster vouched for.
+    ServiceAccount,
+    /// A client certificate.
+    Certificate,
+}
+
+impl Credential {
+    /// The name audit events use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::ServiceAccount => "service_account",
+            Self::Certificate => "certificate",
+        }
+    }
 }
 
 impl Identity {

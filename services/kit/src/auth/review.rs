@@ -12,7 +12,7 @@ use kube::api::{Api, PostParams};
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
 
-use super::{AuthError, Identity, Role, fingerprint};
+use super::{AuthError, Credential, Identity, RoleTable, fingerprint, role_table, roles_of};
 
 /// Answers kept at most, so a flood of made-up tokens costs memory in bounds.
 const CACHE_ENTRIES: usize = 10_000;
@@ -54,7 +54,7 @@ type Answers = Cache<[u8; 32], (Option<Identity>, Instant)>;
 pub(crate) struct TokenReviewer {
     api: Api<TokenReview>,
     audiences: Vec<String>,
-    roles: std::sync::Arc<BTreeMap<String, Vec<Role>>>,
+    roles: std::sync::Arc<RoleTable>,
     ttl: Duration,
     /// Token digest to the answer and when it was given; refusals are kept too, so that
     /// guessing is not a way to load the API server.
@@ -70,17 +70,7 @@ impl std::fmt::Debug for TokenReviewer {
 impl TokenReviewer {
     /// A reviewer for `config`; refuses role names that are not roles.
     pub(crate) async fn new(config: &TokenReviewConfig) -> Result<Self, AuthError> {
-        let mut roles = BTreeMap::new();
-        for (subject, names) in &config.roles {
-            let parsed = names
-                .iter()
-                .map(|name| {
-                    Role::from_group(name)
-                        .ok_or_else(|| AuthError::Role { subject: subject.clone(), role: name.clone() })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            roles.insert(subject.clone(), parsed);
-        }
+        let roles = role_table("server.auth.token_review.roles", &config.roles)?;
         let client = crate::kubernetes::client(config.kubeconfig.as_deref()).await?;
         Ok(Self {
             api: Api::all(client),
@@ -113,12 +103,9 @@ impl TokenReviewer {
         let identity = if status.authenticated == Some(true) {
             let user = status.user.unwrap_or_default();
             let name = user.username.unwrap_or_default();
-            let subjects = std::iter::once(&name).chain(user.groups.iter().flatten());
-            let mut roles: Vec<Role> =
-                subjects.filter_map(|subject| self.roles.get(subject)).flatten().copied().collect();
-            roles.sort_unstable();
-            roles.dedup();
-            Some(Identity { user: name, roles })
+            let subjects = std::iter::once(name.as_str()).chain(user.groups.iter().flatten().map(String::as_str));
+            let roles = roles_of(&self.roles, subjects);
+            Some(Identity { user: name, roles, credential: Credential::ServiceAccount })
         } else {
             None
         };

@@ -5,17 +5,13 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
 };
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use super::{Identity, Role, fingerprint};
-
-/// How often the token file is checked for changes. A Kubernetes Secret update reaches
-/// the pod's volume within about a minute; this adds at most a few seconds to that.
-const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+use super::{Credential, Identity, Role, fingerprint};
+use crate::reload::{self, Watched};
 
 /// Why a token file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +46,14 @@ pub struct TokenFile {
     table: Arc<ArcSwap<Table>>,
     /// The file as it was when loaded, so a change made before [`TokenFile::follow`]
     /// starts is still seen.
-    loaded: Option<(SystemTime, u64)>,
+    loaded: Watched,
 }
 
 impl TokenFile {
     /// Reads the token file at `path`; a service with an unreadable or malformed one does
     /// not start.
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
-        let loaded = stamp(path);
+        let loaded = Watched::now(vec![path.to_owned()]);
         let table = parse(path, &read(path)?)?;
         Ok(Self { path: path.to_owned(), table: Arc::new(ArcSwap::from_pointee(table)), loaded })
     }
@@ -70,35 +66,10 @@ impl TokenFile {
     /// Re-reads the file whenever it changes until `stop`; a change that does not parse is
     /// logged and the last good table stays in force.
     pub async fn follow(self, stop: CancellationToken) {
-        let mut seen = self.loaded;
-        let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            let now = stamp(&self.path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match read(&self.path).and_then(|text| parse(&self.path, &text)) {
-                Ok(table) => {
-                    tracing::info!(path = %self.path.display(), callers = table.len(), "token file reloaded");
-                    self.table.store(Arc::new(table));
-                }
-                Err(error) => tracing::error!(%error, "token file not reloaded; the previous one stays in force"),
-            }
-        }
+        let path = self.path;
+        let build = || read(&path).and_then(|text| parse(&path, &text));
+        reload::follow("token file", self.loaded, Arc::downgrade(&self.table), build, stop).await;
     }
-}
-
-/// What tells a changed file from an unchanged one: its modification time and length. A
-/// Kubernetes Secret volume swaps a symlink, which changes both.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
 }
 
 /// The text of the file at `path`.
@@ -133,7 +104,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Table, TokenFileError> {
             record.get(3).unwrap_or_default().split(',').filter_map(|group| Role::from_group(group.trim())).collect();
         roles.sort_unstable();
         roles.dedup();
-        if table.insert(fingerprint(token), Identity { user: user.to_owned(), roles }).is_some() {
+        if table
+            .insert(fingerprint(token), Identity { user: user.to_owned(), roles, credential: Credential::Token })
+            .is_some()
+        {
             return Err(line_error(line, format!("the token of `{user}` is also another line's")));
         }
     }
@@ -160,7 +134,10 @@ mod tests {
         )
         .expect("parses");
         let identity = |token: &str| table.get(&fingerprint(token)).cloned().expect(token);
-        assert_eq!(identity("t-ops"), Identity { user: "alice".into(), roles: vec![Role::Viewer, Role::Operator] });
+        assert_eq!(
+            identity("t-ops"),
+            Identity { user: "alice".into(), roles: vec![Role::Viewer, Role::Operator], credential: Credential::Token }
+        );
         assert_eq!(identity("t-app").user, "shop");
         assert_eq!(identity("t-app").roles, [Role::App]);
         assert!(identity("t-nobody").roles.is_empty(), "a caller without groups has no role");
@@ -211,12 +188,12 @@ mod tests {
         assert!(authenticator.identify("first").is_some());
 
         std::fs::write(&path, "second,alice,1,viewer,and-more-text\n").expect("write");
-        tokio::time::sleep(RELOAD_INTERVAL * 2).await;
+        tokio::time::sleep(reload::RELOAD_INTERVAL * 2).await;
         assert!(authenticator.identify("first").is_none(), "a removed token stops working");
         assert!(authenticator.identify("second").is_some(), "a new token works without a restart");
 
         std::fs::write(&path, ",nobody,3\n").expect("write");
-        tokio::time::sleep(RELOAD_INTERVAL * 2).await;
+        tokio::time::sleep(reload::RELOAD_INTERVAL * 2).await;
         assert!(authenticator.identify("second").is_some(), "a broken file keeps the last good table");
         stop.cancel();
         following.await.expect("stops");

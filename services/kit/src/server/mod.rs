@@ -8,7 +8,7 @@ mod admin;
 mod observe;
 mod readiness;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -21,9 +21,10 @@ pub(crate) use self::observe::response_code;
 use self::observe::{CallMetrics, ObserveLayer};
 pub use self::readiness::Dependency;
 use crate::{
-    auth::{AuthConfig, AuthError, AuthLayer, Authenticator, TokenFileError},
-    client::BearerToken,
+    auth::{AuthConfig, AuthError, AuthLayer, Authenticator},
+    client::{BearerToken, Credentials, CredentialsError},
     config::ConfigError,
+    tls::{ClientTls, ClientTlsConfig, ServerTls, ServerTlsConfig, TlsError},
 };
 
 /// How often dependencies are probed to keep gRPC health current.
@@ -42,9 +43,16 @@ pub struct ServerConfig {
     /// How long calls in flight may run after shutdown starts.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
-    /// Who may call the gRPC API (see [`crate::auth`]); everyone when no token file is set.
+    /// Who may call the gRPC API (see [`crate::auth`]).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// TLS for the gRPC port, mutual with a client CA; plaintext when unset.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    /// TLS for this service's calls to its peers (planner to traffic and analysis,
+    /// analysis to traffic); plaintext when unset.
+    #[serde(default)]
+    pub peer_tls: Option<ClientTlsConfig>,
 }
 
 impl ServerConfig {
@@ -55,6 +63,8 @@ impl ServerConfig {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], admin_port)),
             grace_period: Duration::from_secs(10),
             auth: AuthConfig::default(),
+            tls: None,
+            peer_tls: None,
         }
     }
 
@@ -66,6 +76,8 @@ impl ServerConfig {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grace_period: Duration::from_secs(10),
             auth: AuthConfig::default(),
+            tls: None,
+            peer_tls: None,
         }
     }
 
@@ -77,12 +89,23 @@ impl ServerConfig {
         if self.grace_period > Duration::from_secs(3600) {
             return Err(ConfigError::invalid("server.grace_period", "must be at most 1h"));
         }
+        let client_ca = self.tls.as_ref().and_then(|tls| tls.client_ca.as_ref());
+        if !self.auth.mtls_roles.is_empty() && client_ca.is_none() {
+            return Err(ConfigError::invalid(
+                "server.auth.mtls_roles",
+                "needs server.tls.client_ca, the CA client certificates are checked against",
+            ));
+        }
         Ok(())
     }
 
-    /// The token this service presents to its peers, from `server.auth.peer_token_file`.
-    pub fn peer_token(&self) -> Result<Option<BearerToken>, TokenFileError> {
-        self.auth.peer_token_file.as_deref().map(BearerToken::from_file).transpose()
+    /// What this service presents to its peers: `server.auth.peer_token_file` and
+    /// `server.peer_tls`, the latter kept current as its files change.
+    pub fn peer_credentials(&self) -> Result<Credentials, CredentialsError> {
+        Ok(Credentials {
+            token: self.auth.peer_token_file.as_deref().map(BearerToken::follow_file).transpose()?,
+            tls: self.peer_tls.as_ref().map(ClientTls::follow).transpose()?,
+        })
     }
 }
 
@@ -120,6 +143,17 @@ pub enum ServeError {
     /// Authentication cannot be set up as `server.auth` says.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// TLS cannot be set up as `server.tls` says.
+    #[error("server.tls: {0}")]
+    Tls(#[from] TlsError),
+    /// The gRPC port would be open beyond this host to anyone.
+    #[error(
+        "refusing to serve gRPC on {0} without authentication: set server.auth.token_file, \
+         server.auth.token_review, or server.tls.client_ca with server.auth.mtls_roles; or listen on \
+         loopback; or, only behind something that authenticates callers, set \
+         server.auth.allow_unauthenticated = true"
+    )]
+    Unprotected(SocketAddr),
 }
 
 /// The dependencies a service is ready with, and whether it is stopping.
@@ -174,6 +208,18 @@ impl Server {
 
     /// Binds both ports and serves until `shutdown` is cancelled.
     pub async fn start(mut self, shutdown: CancellationToken) -> Result<Running, ServeError> {
+        let authenticator = Authenticator::start(&self.config.auth, &shutdown).await?;
+        if authenticator.is_none() && !self.config.grpc_addr.ip().is_loopback() {
+            if !self.config.auth.allow_unauthenticated {
+                return Err(ServeError::Unprotected(self.config.grpc_addr));
+            }
+            tracing::warn!(
+                service = self.service,
+                grpc_addr = %self.config.grpc_addr,
+                "serving gRPC to anyone who reaches it: server.auth.allow_unauthenticated is set"
+            );
+        }
+        let tls = self.config.tls.as_ref().map(|tls| ServerTls::start(tls, &shutdown)).transpose()?;
         let grpc_listener = bind(self.config.grpc_addr).await?;
         let admin_listener = bind(self.config.admin_addr).await?;
         let grpc_addr = local_addr(&grpc_listener, self.config.grpc_addr)?;
@@ -186,15 +232,6 @@ impl Server {
             .build_v1()?;
         let routes = self.routes.add_service(health_service).add_service(reflection);
         let metrics = CallMetrics::register(&mut self.registry);
-        let authenticator = Authenticator::start(&self.config.auth, &shutdown).await?;
-        if authenticator.is_none() && !grpc_addr.ip().is_loopback() {
-            tracing::warn!(
-                service = self.service,
-                %grpc_addr,
-                "serving gRPC without authentication on a non-loopback address: set server.auth.token_file \
-                 or server.auth.token_review"
-            );
-        }
         let readiness = Readiness { dependencies: Arc::new(self.dependencies), stopping: shutdown.clone() };
         set_health(&health, self.service, readiness.check().await.is_ok()).await;
 
@@ -204,15 +241,22 @@ impl Server {
         let admin = tokio::spawn(async move { admin.await.map_err(ServeError::Admin) });
         tokio::spawn(follow_readiness(health.clone(), self.service, readiness));
 
-        let serve = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .layer(ObserveLayer::new(metrics))
             .layer(tower::util::option_layer(authenticator.map(AuthLayer::new)))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                // Replies are small and latency matters more than packet count: no Nagle.
+            .add_routes(routes);
+        let stopped = shutdown.clone().cancelled_owned();
+        let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+            Some(tls) => Box::pin(
+                router
+                    .serve_with_incoming_shutdown(crate::tls::incoming(grpc_listener, tls, shutdown.clone()), stopped),
+            ),
+            // Replies are small and latency matters more than packet count: no Nagle.
+            None => Box::pin(router.serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                shutdown.clone().cancelled_owned(),
-            );
+                stopped,
+            )),
+        };
         let grace = self.config.grace_period;
         let service = self.service;
         tracing::info!(service, %grpc_addr, %admin_addr, "serving");
