@@ -133,6 +133,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let routes = tonic::service::Routes::new(AnalysisServer::new(AnalysisService::new(runs, shutdown.clone())));
     let server = Server::new(ficus_proto::service_names::ANALYSIS, config.server, routes)
         .depends_on(store)
-        .depends_on(Peer::new(ficus_proto::service_names::TRAFFIC, traffic));
+        .reports(Peer::new(ficus_proto::service_names::TRAFFIC, traffic));
     Ok(server.start(shutdown).await?)
 }

@@ -169,8 +169,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let routes = tonic::service::Routes::new(PlannerServer::new(service));
     let server = Server::new(ficus_proto::service_names::PLANNER, config.server, routes)
         .depends_on(store)
-        .depends_on(Peer::new(ficus_proto::service_names::TRAFFIC, traffic))
-        .depends_on(Peer::new(ficus_proto::service_names::ANALYSIS, analysis));
+        .reports(Peer::new(ficus_proto::service_names::TRAFFIC, traffic))
+        .reports(Peer::new(ficus_proto::service_names::ANALYSIS, analysis));
     let running = server.start(shutdown.clone()).await?;
     if let Some(client) = cluster {
         // The controller goes through this planner's own API, validation included.

@@ -152,7 +152,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let proxy_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
     let service = TrafficService::new(registry, stats.clone(), config.stats_retention, kubernetes, shutdown.clone());
     let routes = tonic::service::Routes::new(TrafficControlServer::new(service));
-    let mut server = Server::new(ficus_proto::service_names::TRAFFIC, config.server, routes).depends_on(store);
+    // Fail static: the proxy serves the routes it loaded whether or not the store answers
+    // now, so a store outage must not take it out of its Service.
+    let mut server = Server::new(ficus_proto::service_names::TRAFFIC, config.server, routes).reports(store);
     stats.register(server.registry());
     let running = server.start(shutdown.clone()).await?;
     let proxy = Arc::new(proxy::Proxy::new(table, config.proxy));

@@ -2,7 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::{RawQuery, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use prometheus_client::registry::Registry;
 
 use super::Readiness;
@@ -28,8 +34,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready only when every dependency answers and the service is not shutting down.
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+/// Ready only when every required dependency answers and the service is not shutting
+/// down; `?verbose` lists every dependency, required or only reported, and its state.
+async fn readyz(State(state): State<AdminState>, RawQuery(query): RawQuery) -> impl IntoResponse {
+    let verbose =
+        query.is_some_and(|query| query.split('&').any(|pair| pair == "verbose" || pair.starts_with("verbose=")));
+    if verbose {
+        let (ready, text) = state.readiness.report().await;
+        return (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, text);
+    }
     match state.readiness.check().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),

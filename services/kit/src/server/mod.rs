@@ -20,6 +20,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 pub(crate) use self::observe::response_code;
 use self::observe::{CallMetrics, ObserveLayer};
 pub use self::readiness::Dependency;
+use self::readiness::{Need, Readiness, Watched};
 use crate::{
     auth::{AuthConfig, AuthError, AuthLayer, Authenticator},
     client::{BearerToken, Credentials, CredentialsError},
@@ -29,9 +30,6 @@ use crate::{
 
 /// How often dependencies are probed to keep gRPC health current.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// How long one dependency probe may take before it counts as down.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a service listens and how it stops; the `server` section of its configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,36 +154,12 @@ pub enum ServeError {
     Unprotected(SocketAddr),
 }
 
-/// The dependencies a service is ready with, and whether it is stopping.
-#[derive(Clone)]
-pub(crate) struct Readiness {
-    dependencies: Arc<Vec<Box<dyn Dependency>>>,
-    stopping: CancellationToken,
-}
-
-impl Readiness {
-    /// Ok when not stopping and every dependency answers in time.
-    pub(crate) async fn check(&self) -> Result<(), String> {
-        if self.stopping.is_cancelled() {
-            return Err("shutting down".into());
-        }
-        for dependency in self.dependencies.iter() {
-            match tokio::time::timeout(PROBE_TIMEOUT, dependency.probe()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(format!("{}: {error}", dependency.name())),
-                Err(_) => return Err(format!("{}: no answer within {PROBE_TIMEOUT:?}", dependency.name())),
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A service ready to serve.
 pub struct Server {
     service: &'static str,
     config: ServerConfig,
     routes: Routes,
-    dependencies: Vec<Box<dyn Dependency>>,
+    dependencies: Vec<Watched>,
     registry: Registry,
 }
 
@@ -197,7 +171,15 @@ impl Server {
 
     /// Marks the service not ready while `dependency` is down.
     pub fn depends_on(mut self, dependency: impl Dependency) -> Self {
-        self.dependencies.push(Box::new(dependency));
+        self.dependencies.push(Watched { dependency: Box::new(dependency), need: Need::Required });
+        self
+    }
+
+    /// Reports whether `dependency` is up (`/readyz?verbose`, `ficus_dependency_up`)
+    /// without ever making the service unready for it: for what the service keeps working
+    /// without, as the proxy does without its store.
+    pub fn reports(mut self, dependency: impl Dependency) -> Self {
+        self.dependencies.push(Watched { dependency: Box::new(dependency), need: Need::Reported });
         self
     }
 
@@ -232,7 +214,7 @@ impl Server {
             .build_v1()?;
         let routes = self.routes.add_service(health_service).add_service(reflection);
         let metrics = CallMetrics::register(&mut self.registry);
-        let readiness = Readiness { dependencies: Arc::new(self.dependencies), stopping: shutdown.clone() };
+        let readiness = Readiness::new(self.dependencies, shutdown.clone(), &mut self.registry);
         set_health(&health, self.service, readiness.check().await.is_ok()).await;
 
         let admin_stop = CancellationToken::new();
@@ -345,7 +327,7 @@ async fn follow_readiness(health: HealthReporter, service: &'static str, readine
     loop {
         tokio::select! {
             _ = ticks.tick() => set_health(&health, service, readiness.check().await.is_ok()).await,
-            () = readiness.stopping.cancelled() => break,
+            () = readiness.stopping().cancelled() => break,
         }
     }
     set_health(&health, service, false).await;
