@@ -31,6 +31,9 @@ pub enum Error {
     /// The configured Kubernetes cluster cannot be reached.
     #[error("kubernetes: {0}")]
     Kubernetes(#[from] ficus_kit::kubernetes::KubernetesError),
+    /// The statistics exchange with the other replicas cannot start.
+    #[error("statistics exchange: {0}")]
+    Cluster(crate::stats::cluster::ClusterError),
     /// A stored route cannot be decoded.
     #[error("stored route `{route}` is unreadable: {reason}")]
     Corrupt {
@@ -50,7 +53,7 @@ impl From<Error> for Status {
             Error::Store(error) => error.into(),
             Error::Corrupt { .. } => Status::data_loss(error.to_string()),
             Error::Serve(_) => Status::internal(error.to_string()),
-            Error::Kubernetes(_) => Status::unavailable(error.to_string()),
+            Error::Kubernetes(_) | Error::Cluster(_) => Status::unavailable(error.to_string()),
         }
     }
 }

@@ -13,7 +13,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     adapters::kubernetes::Ledger,
     registry::Registry,
-    stats::{Query, Stats},
+    stats::{
+        Query, Stats,
+        cluster::{self, Cluster},
+    },
     table::LiveTable,
 };
 
@@ -31,6 +34,8 @@ pub struct TrafficService {
     /// The state of routes' Kubernetes objects; `None` when no cluster is configured.
     kubernetes: Option<Arc<Ledger>>,
     stats: Stats,
+    /// The other replicas' statistics, when replicas share a Redis store.
+    cluster: Option<Cluster>,
     retention: Duration,
     shutdown: CancellationToken,
 }
@@ -45,7 +50,13 @@ impl TrafficService {
         kubernetes: Option<Arc<Ledger>>,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { registry, kubernetes, stats, retention, shutdown }
+        Self { registry, kubernetes, stats, cluster: None, retention, shutdown }
+    }
+
+    /// Reports statistics over every replica in `cluster`, not this one's alone.
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// The route with its Kubernetes object's status, when it has one.
@@ -174,6 +185,15 @@ impl TrafficControl for TrafficService {
             }
         };
         let query = Query { window, period, halves: request.halves };
-        Ok(Response::new(self.stats.snapshot(&request.route, &backends, query)))
+        let Some(cluster) = &self.cluster else {
+            return Ok(Response::new(self.stats.snapshot(&request.route, &backends, query)));
+        };
+        // Judging on one replica's share would be judging on a sample that changes with
+        // every look: without the others' seconds there is no answer.
+        let (first, last) = self.stats.window_unix_seconds(window, cluster::LAG);
+        let remote = cluster.fetch(&request.route, first, last).await.map_err(|error| {
+            Status::unavailable(format!("the other replicas' statistics cannot be read from the store: {error}"))
+        })?;
+        Ok(Response::new(self.stats.cluster_snapshot(&request.route, &backends, query, cluster::LAG, &remote)))
     }
 }

@@ -32,7 +32,13 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::Error;
-use self::{grpc::TrafficService, proxy::ProxyConfig, registry::Registry, stats::Stats, table::LiveTable};
+use self::{
+    grpc::TrafficService,
+    proxy::ProxyConfig,
+    registry::Registry,
+    stats::{Stats, cluster::Cluster},
+    table::LiveTable,
+};
 
 /// Configuration of the traffic service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,7 +156,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let listener = std::net::TcpListener::bind(config.proxy.listen)
         .map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
     let proxy_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.proxy.listen, source })?;
-    let service = TrafficService::new(registry, stats.clone(), config.stats_retention, kubernetes, shutdown.clone());
+    let mut service =
+        TrafficService::new(registry, stats.clone(), config.stats_retention, kubernetes, shutdown.clone());
+    if store.is_shared() {
+        // Replicas on one Redis report requests over all of them; an embedded store has
+        // one replica.
+        let cluster = Cluster::join(&config.store, &stats).await.map_err(Error::Cluster)?;
+        tokio::spawn(cluster.clone().publish(stats.clone(), shutdown.clone()));
+        service = service.with_cluster(cluster);
+    }
     let routes = tonic::service::Routes::new(TrafficControlServer::new(service));
     // Fail static: the proxy serves the routes it loaded whether or not the store answers
     // now, so a store outage must not take it out of its Service.

@@ -191,6 +191,12 @@ impl Store {
         }
     }
 
+    /// Whether replicas of a service can share this store (Redis), rather than each
+    /// keeping its own (embedded).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
     /// Reads a live entry.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>> {
         match self {

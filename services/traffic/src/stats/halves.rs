@@ -26,7 +26,8 @@ impl Halves {
         Self { halves: [Series::new(origin, retention_secs), Series::new(origin, retention_secs)] }
     }
 
-    fn series(&self, half: Half) -> &Series {
+    /// The series of `half`.
+    pub(super) fn series(&self, half: Half) -> &Series {
         match half {
             Half::First => &self.halves[0],
             Half::Second => &self.halves[1],

@@ -66,6 +66,7 @@
 //! which hit mostly the same buckets: up to twice that per backend. A snapshot allocates
 //! three 20 KiB merge histograms per backend (each half, and their sum).
 
+pub mod cluster;
 mod export;
 mod halves;
 mod series;
@@ -81,9 +82,10 @@ use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 
 use self::{
+    cluster::Remote,
     export::{StatsCollector, Totals, seconds},
     halves::Halves,
-    series::{CONNECTION_ERROR, HIGHEST_MICROS, Period, SERVER_ERROR, Summary, micros},
+    series::{CONNECTION_ERROR, HIGHEST_MICROS, Period, SERVER_ERROR, Summary, merge_periods, micros},
 };
 
 /// Retention when none is configured: long enough for a rollout stage's analysis window.
@@ -127,7 +129,7 @@ impl From<http::StatusCode> for Outcome {
 /// key's bucket, so that a user's requests stay in one half as they stay on one side; one
 /// without at random, as weighted round-robin spreads requests without regard to who sent
 /// them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Half {
     /// Requests of even sticky buckets, or drawn heads.
     First,
@@ -176,8 +178,11 @@ pub struct Stats {
 /// What every clone of [`Stats`] shares.
 #[derive(Debug)]
 struct Inner {
-    /// Second 0 of every series.
+    /// Second 0 of every series: the start of a Unix second, a retention before the
+    /// statistics were made, so that replicas' seconds line up and any window fits after it.
     origin: Instant,
+    /// The Unix time of `origin`, in seconds.
+    origin_unix: u64,
     /// Whole seconds kept, at least 1.
     retention_secs: u64,
     /// Series by route, then backend; ordered so `/metrics` output is stable.
@@ -212,7 +217,18 @@ impl Stats {
     /// Statistics that keep the last `retention`, rounded up to whole seconds (at least one).
     pub fn new(retention: Duration) -> Self {
         let retention_secs = whole_seconds(retention).max(1);
-        let inner = Inner { origin: Instant::now(), retention_secs, routes: RwLock::new(BTreeMap::new()) };
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let since_epoch = wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let into_second = Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
+        // On a machine up for less than the retention the monotonic clock cannot go back
+        // that far; the origin is then this second's start, and older windows start there.
+        let back = Duration::from_secs(retention_secs) + into_second;
+        let (origin, made_second) = match now.checked_sub(back) {
+            Some(origin) => (origin, retention_secs),
+            None => (now.checked_sub(into_second).unwrap_or(now), 0),
+        };
+        let origin_unix = since_epoch.as_secs().saturating_sub(made_second);
+        let inner = Inner { origin, origin_unix, retention_secs, routes: RwLock::new(BTreeMap::new()) };
         Self { inner: Arc::new(inner) }
     }
 
@@ -252,10 +268,39 @@ impl Stats {
     /// in time move together. With `query.halves`, each backend also reports its two
     /// [`Half`]s, without periods.
     pub fn snapshot(&self, route: &str, backends: &[String], query: Query) -> proto::TrafficStats {
-        self.snapshot_at(route, backends, query, Instant::now(), SystemTime::now())
+        self.snapshot_at(route, backends, query, Instant::now(), SystemTime::now(), &Remote::default())
     }
 
-    /// [`Stats::snapshot`] as seen at `now`, which is `wall` on the wall clock.
+    /// [`Stats::snapshot`] over every replica: this one's seconds and `remote`, the seconds
+    /// other replicas published (see [`cluster`]), up to `lag` ago so that each of them has
+    /// published every second of the window and any replica asked gives the same numbers.
+    pub fn cluster_snapshot(
+        &self,
+        route: &str,
+        backends: &[String],
+        query: Query,
+        lag: Duration,
+        remote: &Remote,
+    ) -> proto::TrafficStats {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let now = now.checked_sub(lag).unwrap_or(now);
+        let wall = wall.checked_sub(lag).unwrap_or(wall);
+        self.snapshot_at(route, backends, query, now, wall, remote)
+    }
+
+    /// The Unix seconds of the window a snapshot at `now` with `window` covers, first and
+    /// last, as [`Stats::snapshot`] rounds it.
+    pub fn window_unix_seconds(&self, window: Duration, lag: Duration) -> (u64, u64) {
+        let now = Instant::now();
+        let now = now.checked_sub(lag).unwrap_or(now);
+        let window_secs = whole_seconds(window).clamp(1, self.inner.retention_secs);
+        let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
+        let first = (now_second + 1).saturating_sub(window_secs);
+        (self.inner.origin_unix + first, self.inner.origin_unix + now_second)
+    }
+
+    /// [`Stats::snapshot`] as seen at `now`, which is `wall` on the wall clock, with the
+    /// seconds of other replicas in `remote`.
     pub(crate) fn snapshot_at(
         &self,
         route: &str,
@@ -263,6 +308,7 @@ impl Stats {
         query: Query,
         now: Instant,
         wall: SystemTime,
+        remote: &Remote,
     ) -> proto::TrafficStats {
         let window_secs = whole_seconds(query.window).clamp(1, self.inner.retention_secs);
         let period_secs = query.period.map(|period| whole_seconds(period).max(1));
@@ -281,12 +327,28 @@ impl Stats {
                 backends.iter().map(|backend| (backend.clone(), find(backend))).collect()
             }
         };
+        let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
+        // The seconds of other replicas in the window, by backend, as this replica's seconds.
+        let remote_seconds = |backend: &str| -> Vec<(Half, u64, &Period)> {
+            let seconds = remote.seconds_of(backend).into_iter().filter_map(|(half, unix_second, period)| {
+                let second = unix_second.checked_sub(self.inner.origin_unix)?;
+                (second <= now_second && second + window_secs > now_second).then_some((half, second, period))
+            });
+            seconds.collect()
+        };
         let backends = series
             .into_iter()
             .map(|(backend, series)| {
-                let [first, second] = [Half::First, Half::Second].map(|half| {
+                let others = remote_seconds(&backend);
+                let [mut first, mut second] = [Half::First, Half::Second].map(|half| {
                     series.as_ref().map_or_else(Summary::empty, |series| series.half_summary_at(half, now, window_secs))
                 });
+                for &(half, _, period) in &others {
+                    match half {
+                        Half::First => first.merge_period(period),
+                        Half::Second => second.merge_period(period),
+                    }
+                }
                 let halves = if query.halves {
                     vec![backend_stats(backend.clone(), &first), backend_stats(backend.clone(), &second)]
                 } else {
@@ -296,9 +358,13 @@ impl Stats {
                 summary.merge(&second);
                 let mut stats = backend_stats(backend, &summary);
                 stats.halves = halves;
-                if let (Some(period_secs), Some(series)) = (period_secs, &series) {
-                    stats.periods = series
-                        .periods_at(now, window_secs, period_secs)
+                if let Some(period_secs) = period_secs {
+                    let local = series.as_ref().map(|series| series.periods_at(now, window_secs, period_secs));
+                    let others = others
+                        .iter()
+                        .map(|&(_, second, period)| Period { index: second / period_secs, ..period.clone() })
+                        .collect();
+                    stats.periods = merge_periods(local.unwrap_or_default(), others)
                         .iter()
                         .map(|period| {
                             let start =
@@ -311,7 +377,6 @@ impl Stats {
             })
             .collect();
 
-        let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
         let first_second = (now_second + 1).saturating_sub(window_secs);
         let start = self.inner.origin + Duration::from_secs(first_second);
         proto::TrafficStats {
@@ -319,6 +384,7 @@ impl Stats {
             start: Some(timestamp(wall_of(start))),
             end: Some(timestamp(wall)),
             backends,
+            replicas: remote.replicas(),
         }
     }
 
@@ -331,11 +397,65 @@ impl Stats {
         registry.register_collector(Box::new(StatsCollector { inner: self.inner.clone() }));
     }
 
+    /// The seconds every series closed since the last call, for publishing to the other
+    /// replicas: `(route, backend, half, unix second, counts and buckets)`. Series are
+    /// sealed at `now` first, so a series whose requests stopped hands over its last second
+    /// too. `published` remembers, per series, the last second handed over.
+    pub(crate) fn closed_seconds(&self, now: Instant, published: &mut Published) -> Vec<ClosedSecond> {
+        let series: Vec<(String, String, Arc<Halves>)> = {
+            let routes = self.inner.routes.read();
+            let pairs = routes.iter().flat_map(|(route, backends)| {
+                backends.iter().map(move |(backend, series)| (route.clone(), backend.clone(), series.clone()))
+            });
+            pairs.collect()
+        };
+        let mut seen = HashMap::new();
+        let mut closed = Vec::new();
+        for (route, backend, halves) in series {
+            for half in [Half::First, Half::Second] {
+                let key = (route.clone(), backend.clone(), half);
+                let series = halves.series(half);
+                series.seal_at(now);
+                let after = published.get(&key).copied();
+                let seconds = series.closed_after(after);
+                let last = seconds.last().map(|period| period.index).or(after);
+                for period in seconds {
+                    let unix_second = self.inner.origin_unix + period.index;
+                    closed.push(ClosedSecond {
+                        route: route.clone(),
+                        backend: backend.clone(),
+                        half,
+                        unix_second,
+                        period,
+                    });
+                }
+                if let Some(last) = last {
+                    seen.insert(key, last);
+                }
+            }
+        }
+        // Series that were forgotten are forgotten here too.
+        *published = seen;
+        closed
+    }
+
     /// Drops every series of `route`, e.g. when it is deleted. Recorders still held for it
     /// keep working but are no longer reported.
     pub fn forget_route(&self, route: &str) {
         self.inner.routes.write().remove(route);
     }
+}
+
+/// The last second handed over per route, backend and half (see [`Stats::closed_seconds`]).
+pub(crate) type Published = HashMap<(String, String, Half), u64>;
+
+/// A closed second of one half-series, to publish.
+pub(crate) struct ClosedSecond {
+    pub(crate) route: String,
+    pub(crate) backend: String,
+    pub(crate) half: Half,
+    pub(crate) unix_second: u64,
+    period: Period,
 }
 
 /// Records the requests of one route and backend; cheap to clone.

@@ -111,6 +111,14 @@ impl Summary {
         }
     }
 
+    /// Adds a period's counts and buckets, e.g. a second another replica recorded.
+    pub(super) fn merge_period(&mut self, period: &Period) {
+        self.counts.merge(&period.counts);
+        for &(micros, count) in &period.buckets {
+            self.latencies.saturating_record_n(u64::from(micros), count);
+        }
+    }
+
     /// Adds a closed second.
     fn merge_second(&mut self, second: &Second) {
         self.counts.merge(&second.counts);
@@ -126,8 +134,9 @@ impl Summary {
     }
 }
 
-/// Counts and latency buckets of one period of a window (see [`Series::periods_at`]).
-#[derive(Debug, PartialEq)]
+/// Counts and latency buckets of one period of a window (see [`Series::periods_at`]); a
+/// second is a period of one second, indexed by the second.
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Period {
     /// Position on the grid of periods: the period starts at second `index * period_secs`.
     pub(super) index: u64,
@@ -139,7 +148,7 @@ pub(super) struct Period {
 
 impl Period {
     /// The period at `index` of `periods`, created empty when missing.
-    fn of(periods: &mut BTreeMap<u64, Period>, index: u64) -> &mut Period {
+    pub(super) fn of(periods: &mut BTreeMap<u64, Period>, index: u64) -> &mut Period {
         periods.entry(index).or_insert_with(|| Period { index, counts: Counts::default(), buckets: Vec::new() })
     }
 
@@ -152,7 +161,7 @@ impl Period {
 
     /// Sorts the buckets and adds up the counts of equal ones, which come from different
     /// seconds of the period.
-    fn compact(&mut self) {
+    pub(super) fn compact(&mut self) {
         self.buckets.sort_unstable_by_key(|&(micros, _)| micros);
         self.buckets.dedup_by(|later, kept| {
             let same = later.0 == kept.0;
@@ -346,11 +355,14 @@ impl Series {
         let now_second = self.second_of(now);
         let in_window = |second: u64| second + window_secs > now_second;
         let current = self.live.lock();
-        if in_window(current.second) && current.counts.requests() > 0 {
+        if in_window(current.second) && current.second <= now_second && current.counts.requests() > 0 {
             live(&current);
         }
         let closed = self.closed.lock();
-        closed.iter().rev().take_while(|second| in_window(second.second)).cloned().collect()
+        // Seconds after `now` exist when the window ends in the past (a cluster-wide
+        // snapshot lags so that every replica has published its seconds).
+        let ended = closed.iter().rev().skip_while(|second| second.second > now_second);
+        ended.take_while(|second| in_window(second.second)).cloned().collect()
     }
 
     /// Drops closed seconds that fell out of retention by `now`. Rotation does this for a
@@ -367,6 +379,40 @@ impl Series {
     /// Totals since the series started.
     pub(super) fn totals(&self) -> Totals {
         self.live.lock().totals
+    }
+
+    /// Closes the live second if `now` is past it, so that a series whose requests stopped
+    /// still hands its last second to [`Series::closed_after`].
+    pub(super) fn seal_at(&self, now: Instant) {
+        let second = self.second_of(now);
+        let mut live = self.live.lock();
+        if second > live.second {
+            self.rotate(&mut live, second);
+        }
+    }
+
+    /// The closed seconds after second `after` (all when `None`), oldest first, each as a
+    /// period of one second indexed by the second.
+    pub(super) fn closed_after(&self, after: Option<u64>) -> Vec<Period> {
+        let newer: Vec<Arc<Second>> = {
+            let closed = self.closed.lock();
+            let is_new = |second: &Arc<Second>| after.is_none_or(|after| second.second > after);
+            closed.iter().rev().take_while(|second| is_new(second)).cloned().collect()
+        };
+        newer
+            .iter()
+            .rev()
+            .map(|second| {
+                let mut period = Period { index: second.second, counts: second.counts, buckets: Vec::new() };
+                match &second.dense {
+                    Some(dense) => period.add_dense(dense),
+                    None => {
+                        period.buckets.extend(second.sparse.iter().map(|&(micros, count)| (micros, u64::from(count))))
+                    }
+                }
+                period
+            })
+            .collect()
     }
 
     /// How many closed seconds the ring holds.

@@ -10,14 +10,22 @@ fn ms(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// The instant `offset` after the stats started.
+/// The instant `offset` after the start of the second the stats were made in (or, on a
+/// machine up for less than the retention, as long after it as the retention).
 fn at(stats: &Stats, offset: Duration) -> Instant {
-    stats.inner.origin + offset
+    stats.inner.origin + Duration::from_secs(stats.inner.retention_secs) + offset
 }
 
 fn snapshot(stats: &Stats, backends: &[&str], window: Duration, now: Duration) -> proto::TrafficStats {
     let backends: Vec<String> = backends.iter().map(|b| (*b).to_owned()).collect();
-    stats.snapshot_at("shop", &backends, Query::window(window), at(stats, now), UNIX_EPOCH + WALL + now)
+    stats.snapshot_at(
+        "shop",
+        &backends,
+        Query::window(window),
+        at(stats, now),
+        UNIX_EPOCH + WALL + now,
+        &Remote::default(),
+    )
 }
 
 fn only(stats: &proto::TrafficStats) -> &proto::BackendStats {
@@ -367,6 +375,7 @@ fn periods_cut_the_window_on_one_grid_for_every_backend() {
         Query { window: Duration::from_secs(6), period: Some(ms(1500)), halves: false },
         now,
         UNIX_EPOCH + WALL + Duration::from_secs(6) + ms(500),
+        &Remote::default(),
     );
     let starts = |backend: &proto::BackendStats| -> Vec<i64> {
         backend.periods.iter().map(|period| period.start.as_ref().unwrap().seconds - WALL.as_secs() as i64).collect()
@@ -405,7 +414,14 @@ fn halves_split_a_backend_and_add_up_to_it() {
         stable.record_half_at(now, Half::Second, Outcome::Status(status), ms(20 + i));
     }
     let query = Query { window: Duration::from_secs(60), period: Some(Duration::from_secs(1)), halves: true };
-    let got = stats.snapshot_at("shop", &["stable".to_owned()], query, at(&stats, ms(900)), UNIX_EPOCH + WALL);
+    let got = stats.snapshot_at(
+        "shop",
+        &["stable".to_owned()],
+        query,
+        at(&stats, ms(900)),
+        UNIX_EPOCH + WALL,
+        &Remote::default(),
+    );
     let backend = only(&got);
     assert_eq!(backend.requests, 16);
     let [first, second] = backend.halves.as_slice() else { panic!("two halves: {:?}", backend.halves) };
