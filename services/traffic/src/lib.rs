@@ -170,8 +170,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // now, so a store outage must not take it out of its Service.
     let mut server = Server::new(ficus_proto::service_names::TRAFFIC, config.server, routes).reports(store);
     stats.register(server.registry());
+    let proxy_metrics = proxy::ProxyMetrics::register(server.registry());
     let running = server.start(shutdown.clone()).await?;
-    let proxy = Arc::new(proxy::Proxy::new(table, config.proxy));
+    let proxy = Arc::new(proxy::Proxy::new(table, config.proxy, proxy_metrics));
     tracing::info!(%proxy_addr, "data plane listening");
     let task = proxy.start(listener, shutdown).map_err(|source| ServeError::Listener { name: DATA_PLANE, source })?;
     Ok(running.attach(DATA_PLANE, proxy_addr, task))

@@ -13,11 +13,14 @@ use crate::{
     table::ActiveRoute,
 };
 
-/// Headers that describe one hop, not the request, and so are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers that describe one hop, not the request, and so are never forwarded (RFC 9110
+/// §7.6.1); the proxy credentials were meant for this proxy, not the backend.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -53,6 +56,7 @@ pub(super) async fn forward(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let config = &worker.proxy.config;
+    let trusted = config.trusted_proxies.iter().any(|network| network.contains(&client.ip()));
     let (mut parts, body) = request.into_parts();
     let authority = parts
         .headers
@@ -60,7 +64,7 @@ pub(super) async fn forward(
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()));
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(&mut parts.headers, client, host.as_deref());
+    add_forwarding(&mut parts.headers, client, host.as_deref(), trusted);
     if let Some(authority) = authority {
         parts.headers.insert(header::HOST, authority);
     }
@@ -176,13 +180,36 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
-    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|value| value.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", client.ip()),
-        None => client.ip().to_string(),
+/// Says who the client was: `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded`. What a
+/// client says about earlier hops is kept only when the client is a trusted proxy;
+/// anyone else's is replaced, since a backend that trusts it could be told any address.
+fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>, trusted: bool) {
+    if !trusted {
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &header::FORWARDED] {
+            headers.remove(name);
+        }
+    }
+    let chain = |name: &HeaderName, ours: String| match headers.get(name).and_then(|value| value.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ours}"),
+        None => ours,
     };
-    if let Ok(chain) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR, chain);
+    let for_chain = chain(&X_FORWARDED_FOR, client.ip().to_string());
+    // RFC 7239: an IPv6 node is quoted and bracketed.
+    let node = match client.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let mut element = format!("for={node};proto=http");
+    if let Some(host) =
+        host.filter(|host| host.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-".contains(&byte)))
+    {
+        element.push_str(&format!(";host={host}"));
+    }
+    let forwarded = chain(&header::FORWARDED, element);
+    for (name, value) in [(X_FORWARDED_FOR, for_chain), (header::FORWARDED, forwarded)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -211,14 +238,33 @@ mod tests {
         assert!(headers.contains_key("traceparent"), "trace context passes through");
     }
 
-    #[test]
-    fn forwarding_headers_extend_an_existing_chain() {
+    fn sent_by_client() -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
-        add_forwarding(&mut headers, "127.0.0.1:5000".parse().expect("addr"), Some("shop.example"));
-        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(X_FORWARDED_HOST, HeaderValue::from_static("admin.internal"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=203.0.113.7"));
+        headers
+    }
+
+    #[test]
+    fn a_trusted_proxy_extends_the_chain() {
+        let mut headers = sent_by_client();
+        add_forwarding(&mut headers, "10.0.0.5:5000".parse().expect("addr"), Some("shop.example"), true);
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 10.0.0.5");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&X_FORWARDED_HOST], "admin.internal");
+        assert_eq!(headers[&header::FORWARDED], "for=203.0.113.7, for=10.0.0.5;proto=http;host=shop.example");
+    }
+
+    #[test]
+    fn anyone_else_is_not_believed() {
+        let mut headers = sent_by_client();
+        add_forwarding(&mut headers, "[2001:db8::1]:5000".parse().expect("addr"), Some("shop.example"), false);
+        assert_eq!(headers[&X_FORWARDED_FOR], "2001:db8::1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "shop.example");
+        assert_eq!(headers[&header::FORWARDED], "for=\"[2001:db8::1]\";proto=http;host=shop.example");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod choose;
 mod forward;
+mod limits;
 mod upstream;
 
 use std::{convert::Infallible, net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
@@ -28,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use self::upstream::Upstreams;
+pub use self::limits::ProxyMetrics;
+use self::{limits::Admission, upstream::Upstreams};
 use crate::table::LiveTable;
 
 /// Bodies the proxy sends and returns.
@@ -46,9 +48,22 @@ pub struct ProxyConfig {
     /// Longest wait for an upstream connection before answering 502.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How long an idle connection, client or upstream, is kept.
+    /// How long an idle connection, client or upstream, is kept; HTTP/2 clients are
+    /// pinged at half of it and dropped when a ping goes unanswered for as long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long a client has to send a request's head: the first bytes of a new
+    /// connection, and each HTTP/1 request head (which includes a keep-alive connection's
+    /// wait for its next request).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Client connections open at most; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// Streams one HTTP/2 client connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Networks of proxies in front (load balancers) whose `X-Forwarded-*` and
+    /// `Forwarded` headers are kept and extended; anyone else's are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest request body copied to a mirror; larger requests are not mirrored.
     pub max_mirror_body_bytes: u64,
     /// How long connections may finish their requests after shutdown starts.
@@ -66,6 +81,10 @@ impl Default for ProxyConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_concurrent_streams: 200,
+            trusted_proxies: Vec::new(),
             max_mirror_body_bytes: 1 << 20,
             grace_period: Duration::from_secs(10),
             workers: None,
@@ -85,12 +104,15 @@ impl ProxyConfig {
 pub struct Proxy {
     table: Arc<LiveTable>,
     config: ProxyConfig,
+    admission: Admission,
+    metrics: ProxyMetrics,
 }
 
 impl Proxy {
-    /// A proxy over `table`.
-    pub fn new(table: Arc<LiveTable>, config: ProxyConfig) -> Self {
-        Self { table, config }
+    /// A proxy over `table`, counting its connections in `metrics`.
+    pub fn new(table: Arc<LiveTable>, config: ProxyConfig, metrics: ProxyMetrics) -> Self {
+        let admission = Admission::new(config.max_connections, metrics.clone());
+        Self { table, config, admission, metrics }
     }
 
     /// Starts the worker threads, which accept from `listener` until `shutdown` and then
@@ -165,31 +187,50 @@ impl Worker {
         let mut connections = auto::Builder::new(TokioExecutor::new());
         // Heads and small bodies are copied into one buffer and written with one `write`:
         // cheaper than a vectored write of several small slices.
-        connections.http1().timer(TokioTimer::new()).header_read_timeout(config.idle_timeout).writev(false);
-        connections.http2().timer(TokioTimer::new());
+        connections.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout).writev(false);
+        connections
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .keep_alive_interval(config.idle_timeout / 2)
+            .keep_alive_timeout(config.idle_timeout / 2);
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        // Running out of file descriptors must not end the data plane.
+                        // Running out of file descriptors must not end the data plane, nor
+                        // spin it: the error repeats until a connection closes.
                         tracing::warn!(%error, "cannot accept a connection");
+                        worker.proxy.metrics.accept_failed();
+                        tokio::time::sleep(limits::ACCEPT_BACKOFF).await;
                         continue;
                     }
                 },
                 () = shutdown.cancelled() => break,
             };
+            let Some(slot) = worker.proxy.admission.admit() else {
+                drop(stream);
+                continue;
+            };
             // Responses are forwarded as they come; Nagle would hold small ones back.
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot disable Nagle on a client connection");
             }
-            let worker = worker.clone();
-            let service = hyper::service::service_fn(move |request| worker.clone().handle(client, request));
-            let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            let connection = graceful.watch(connection);
+            let service = {
+                let worker = worker.clone();
+                hyper::service::service_fn(move |request| worker.clone().handle(client, request))
+            };
+            let (connections, graceful_watch, worker) = (connections.clone(), graceful.watcher(), worker.clone());
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                let _slot = slot;
+                if !limits::speaks_within(&stream, worker.proxy.config.header_timeout).await {
+                    worker.proxy.metrics.silent();
+                    return;
+                }
+                let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(error) = graceful_watch.watch(connection.into_owned()).await {
                     tracing::debug!(%error, %client, "client connection ended with an error");
                 }
             });
@@ -206,6 +247,13 @@ impl Worker {
         client: SocketAddr,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let headers = request.headers();
+        if headers.contains_key(hyper::header::CONTENT_LENGTH) && headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        {
+            // RFC 9112 §6.1: the two framings disagree about where the request ends, the
+            // raw material of request smuggling; refused rather than guessed at.
+            return Ok(plain(StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding are set\n"));
+        }
         let table = self.proxy.table.load();
         let host = forward::request_host(&request);
         let Some(active) = table.find(host.as_deref(), request.uri().path()) else {
