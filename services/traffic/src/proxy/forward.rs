@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 use super::{ProxyBody, Worker, plain, upstream::Sent};
 use crate::{
@@ -58,12 +59,19 @@ pub(super) async fn forward(
     let config = &worker.proxy.config;
     let trusted = config.trusted_proxies.iter().any(|network| network.contains(&client.ip()));
     let (mut parts, body) = request.into_parts();
+    // An upgrade (a WebSocket handshake) keeps its two hop-by-hop headers, and the client's
+    // side of the tunnel to be.
+    let upgrade = upgrade_protocol(&parts.headers)
+        .and_then(|protocol| Some((protocol, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?)));
     let authority = parts
         .headers
         .get(header::HOST)
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()));
     strip_hop_by_hop(&mut parts.headers);
+    if let Some((protocol, _)) = &upgrade {
+        keep_upgrade(&mut parts.headers, protocol.clone());
+    }
     add_forwarding(&mut parts.headers, client, host.as_deref(), trusted);
     if let Some(authority) = authority {
         parts.headers.insert(header::HOST, authority);
@@ -72,7 +80,7 @@ pub(super) async fn forward(
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     let body = match active.take_mirror_turn() {
-        Some(shadow) if mirrorable(&parts.headers, config.max_mirror_body_bytes) => {
+        Some(shadow) if upgrade.is_none() && mirrorable(&parts.headers, config.max_mirror_body_bytes) => {
             let limit = usize::try_from(config.max_mirror_body_bytes).unwrap_or(usize::MAX);
             let bytes = match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
@@ -90,12 +98,29 @@ pub(super) async fn forward(
     default_host(&mut parts.headers, endpoint);
     let recorder = &active.recorders[backend];
     let started = Instant::now();
-    let sent = worker.upstreams.send(endpoint, Request::from_parts(parts, body));
+    let request = Request::from_parts(parts, body);
+    let sent = async {
+        match &upgrade {
+            Some(_) => worker.upstreams.send_upgrade(endpoint, request).await,
+            None => worker.upstreams.send(endpoint, request).await,
+        }
+    };
     match tokio::time::timeout(config.request_timeout, sent).await {
-        Ok(Ok(Sent { response, handed })) => {
+        Ok(Ok(Sent { mut response, handed })) => {
+            // A tunnel counts as one request, ending with its 101.
             recorder.record(half, Outcome::Status(response.status().as_u16()), handed.elapsed());
+            let tunnel = match upgrade {
+                Some((protocol, client)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    tunnel(client, hyper::upgrade::on(&mut response), endpoint.clone());
+                    Some(protocol)
+                }
+                _ => None,
+            };
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = tunnel {
+                keep_upgrade(&mut parts.headers, protocol);
+            }
             Response::from_parts(parts, body.boxed())
         }
         Ok(Err(error)) => {
@@ -108,6 +133,41 @@ pub(super) async fn forward(
             plain(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time\n")
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to: `Upgrade`, when `Connection` lists
+/// `upgrade`.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Copies bytes both ways between the client and the backend once both connections have
+/// switched protocols, until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, endpoint: http::uri::Authority) {
+    tokio::spawn(async move {
+        let (client, backend) = match (client.await, backend.await) {
+            (Ok(client), Ok(backend)) => (client, backend),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::debug!(%error, %endpoint, "an upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(%error, %endpoint, "a tunnel ended with an error");
+        }
+    });
 }
 
 /// Only requests whose whole body is known to be small are copied: the copy must be

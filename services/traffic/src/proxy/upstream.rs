@@ -116,10 +116,31 @@ impl Upstreams {
                 },
             }
         }
-        let mut sender = self.connect(endpoint).await?;
+        let (mut sender, connection) = self.connect(endpoint).await?;
+        spawn_connection(endpoint, connection);
         let handed = Instant::now();
         let response = sender.send_request(request).await?;
         self.checkin(endpoint, sender);
+        Ok(Sent { response, handed })
+    }
+
+    /// Sends an upgrade request (a WebSocket handshake) to `endpoint` on a connection of
+    /// its own, which after a `101 Switching Protocols` belongs to the tunnel and never
+    /// returns to the pool.
+    pub(super) async fn send_upgrade(
+        &self,
+        endpoint: &Authority,
+        request: Request<ProxyBody>,
+    ) -> Result<Sent, UpstreamError> {
+        let (mut sender, connection) = self.connect(endpoint).await?;
+        let endpoint_name = endpoint.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, endpoint = %endpoint_name, "upgraded upstream connection ended with an error");
+            }
+        });
+        let handed = Instant::now();
+        let response = sender.send_request(request).await?;
         Ok(Sent { response, handed })
     }
 
@@ -155,7 +176,10 @@ impl Upstreams {
         connection.sender.is_closed() || now.duration_since(connection.used) > self.idle_timeout
     }
 
-    async fn connect(&self, endpoint: &Authority) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    async fn connect(
+        &self,
+        endpoint: &Authority,
+    ) -> Result<(http1::SendRequest<ProxyBody>, Connection), UpstreamError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint.as_str()))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(endpoint.clone()))?
@@ -165,13 +189,18 @@ impl Upstreams {
             tracing::debug!(%error, %endpoint, "cannot disable Nagle on an upstream connection");
         }
         // Heads and small bodies go out from one buffer in one write.
-        let (sender, connection) = http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await?;
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %endpoint, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await?)
     }
+}
+
+/// An upstream connection's task, to be spawned.
+type Connection = http1::Connection<TokioIo<TcpStream>, ProxyBody>;
+
+fn spawn_connection(endpoint: &Authority, connection: Connection) {
+    let endpoint = endpoint.clone();
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, %endpoint, "upstream connection ended with an error");
+        }
+    });
 }
