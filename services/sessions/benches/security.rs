@@ -30,20 +30,14 @@ use ficus_proto::sessions::v1::{CreateSessionRequest, GetSessionRequest, session
 use ficus_sessions::Config;
 use tokio_util::sync::CancellationToken;
 
-use self::cell::Cell;
+use self::cell::{CELL_TIME, Cell, ROUNDS, WARM_UP};
 
 // As the service binary does, so its allocations cost what they cost in production.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Longest a cell runs after its warm-up, over all its rounds.
-const CELL_TIME: Duration = Duration::from_secs(3);
-/// Each cell runs in this many rounds, the setups taking turns.
-const ROUNDS: u32 = 3;
 /// Most operations a cell counts.
 const CELL_MAX_OPS: u64 = 1_000_000;
-/// Unmeasured run before each cell, so connections and caches are warm.
-const WARM_UP: Duration = Duration::from_millis(300);
 /// Concurrent clients per cell.
 const CLIENTS: [usize; 2] = [16, 64];
 /// The setups, in the table's order; the first is what the others are compared with.

@@ -43,22 +43,14 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use self::cell::Cell;
+use self::cell::{CELL_TIME, Cell, ROUNDS, WARM_UP};
 
 // As the service binary does, so its allocations cost what they cost in production.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Longest a cell runs after its warm-up, over all its rounds.
-const CELL_TIME: Duration = Duration::from_secs(3);
-/// Each cell runs in this many rounds, the three paths taking turns, so that a slower
-/// stretch of the machine (a neighbour's load on a shared host) weighs on every path
-/// alike instead of on whichever ran during it.
-const ROUNDS: u32 = 3;
 /// Most operations a cell counts.
 const CELL_MAX_OPS: u64 = 500_000;
-/// Unmeasured run before each cell, so connections and caches are warm.
-const WARM_UP: Duration = Duration::from_millis(300);
 /// Concurrent clients per cell.
 const CLIENTS: [usize; 3] = [1, 16, 64];
 /// Session idle TTL, for both paths.

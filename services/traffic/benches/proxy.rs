@@ -1,30 +1,28 @@
 //! Throughput and latency of the embedded data plane against nginx with the same
 //! two-backend weighted split, and against one backend directly, in one run on one
-//! machine, measured by wrk. Not a test: it prints a table of ratios.
+//! machine, measured by wrk. Not a test: it prints a table of ratios per worker count.
 //!
-//! Every contestant gets the same CPU budget: one nginx worker, one proxy worker for ficus
-//! (`proxy.workers = 1`, and one thread for its control plane, as nginx has its master),
-//! and the same backend program in its own process.
+//! Every contestant gets the same CPU budget: as many nginx workers as proxy workers for
+//! ficus (`proxy.workers`, and one thread for its control plane, as nginx has its master),
+//! at 1 and 2 workers. The backends are nginx itself returning a fixed 200, so the proxies'
+//! own cost dominates. ficus runs twice: on an embedded store, and on Redis, where its
+//! replicas exchange per-second statistics (cluster-wide `GetTrafficStats`); the ratio of
+//! the two is what the exchange costs the data plane.
 //! Run with `scripts/bench.sh` (which installs wrk) or `cargo bench -p ficus-traffic --bench proxy`.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
-use bytes::Bytes;
 use ficus_proto::traffic::v1 as proto;
 use ficus_testkit::{ServiceProcess, free_port};
 use ficus_traffic::{
     adapters::nginx::{RenderOptions, render_with},
     route::Route,
 };
-use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
-const BACKEND_ENV: &str = "FICUS_BENCH_BACKEND";
 const CONNECTIONS: &str = "64";
 const DURATION: &str = "10s";
 const WARMUP: &str = "2s";
@@ -33,38 +31,12 @@ const WARMUP: &str = "2s";
 const ROUNDS: usize = 3;
 
 fn main() {
-    if let Ok(addr) = std::env::var(BACKEND_ENV) {
-        serve_backend(&addr);
-        return;
-    }
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("wrk is not installed: scripts/bench.sh installs it (apt-get install wrk)");
         std::process::exit(1);
     }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(run());
-}
-
-/// The same tiny backend behind every contestant: 200 with a short body.
-fn serve_backend(addr: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("backend binds");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"hello from the backend\n",
-                    ))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
 }
 
 struct Killed(Child);
@@ -87,13 +59,6 @@ impl Drop for Killed {
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-fn spawn_backend(addr: SocketAddr) -> Killed {
-    let exe = std::env::current_exe().expect("own path");
-    let child =
-        Command::new(exe).env(BACKEND_ENV, addr.to_string()).stdout(Stdio::null()).spawn().expect("backend starts");
-    Killed(child)
 }
 
 async fn wait_for_port(addr: SocketAddr) {
@@ -165,16 +130,15 @@ fn two_backend_route(stable: SocketAddr, canary: SocketAddr) -> proto::Route {
     ficus_testkit::route::two_backends("bench", ("stable", &stable), ("canary", &canary), 2_000)
 }
 
-fn start_nginx(dir: &std::path::Path, route: &Route, listen: SocketAddr) -> Killed {
+/// An nginx prefix directory `dir` running `http` with `workers` worker processes.
+fn nginx(dir: &std::path::Path, workers: usize, http: &str) -> Killed {
+    std::fs::create_dir_all(dir).expect("nginx directory");
     let d = dir.display();
-    let include =
-        render_with(std::slice::from_ref(route), &RenderOptions { listen: vec![listen.to_string()], keepalive: 64 });
-    std::fs::write(dir.join("ficus.conf"), include).expect("write include");
     let main = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "daemon off;\nmaster_process on;\nworker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n access_log off;\n client_body_temp_path {d}/cb;\n proxy_temp_path {d}/px;\n fastcgi_temp_path {d}/fc;\n \
-         uwsgi_temp_path {d}/uw;\n scgi_temp_path {d}/sc;\n include {d}/ficus.conf;\n}}\n"
+         uwsgi_temp_path {d}/uw;\n scgi_temp_path {d}/sc;\n {http}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), main).expect("write nginx.conf");
     let child = Command::new("nginx")
@@ -184,67 +148,101 @@ fn start_nginx(dir: &std::path::Path, route: &Route, listen: SocketAddr) -> Kill
     Killed(child)
 }
 
-async fn run() {
-    let (stable, canary) = (loopback(), loopback());
-    let _backends = [spawn_backend(stable), spawn_backend(canary)];
-    wait_for_port(stable).await;
-    wait_for_port(canary).await;
+/// The backends: one nginx worker answering 200 with a short body on both addresses.
+fn start_backends(dir: &std::path::Path, addresses: [SocketAddr; 2]) -> Killed {
+    let servers: String = addresses
+        .iter()
+        .map(|addr| format!("server {{ listen {addr}; keepalive_requests 100000; location / {{ return 200 \"hello from the backend\\n\"; }} }}\n"))
+        .collect();
+    nginx(dir, 1, &servers)
+}
 
-    let data = tempfile::tempdir().expect("temp dir");
-    let proxy = loopback();
+/// nginx proxying `route` on `listen`, as traffic renders it for a front nginx.
+fn start_nginx(dir: &std::path::Path, route: &Route, listen: SocketAddr, workers: usize) -> Killed {
+    let include =
+        render_with(std::slice::from_ref(route), &RenderOptions { listen: vec![listen.to_string()], keepalive: 64 });
+    std::fs::create_dir_all(dir).expect("nginx directory");
+    std::fs::write(dir.join("ficus.conf"), include).expect("write include");
+    nginx(dir, workers, &format!("include {}/ficus.conf;", dir.display()))
+}
+
+/// A traffic process on `store` with `workers` proxy workers, serving `route` on `proxy`.
+async fn start_traffic(store: String, proxy: SocketAddr, workers: usize, route: &proto::Route) -> ServiceProcess {
     let env = [
-        ("FICUS_STORE", data.path().join("traffic").display().to_string()),
+        ("FICUS_STORE", store),
         ("FICUS_PROXY__LISTEN", proxy.to_string()),
-        ("FICUS_PROXY__WORKERS", "1".to_owned()),
+        ("FICUS_PROXY__WORKERS", workers.to_string()),
         ("TOKIO_WORKER_THREADS", "1".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];
     let mut traffic = ServiceProcess::spawn(env!("CARGO_BIN_EXE_ficus-traffic"), &env);
     traffic.wait_serving(ficus_proto::service_names::TRAFFIC, Duration::from_secs(30)).await;
-    let route = two_backend_route(stable, canary);
     let mut api =
         proto::traffic_control_client::TrafficControlClient::new(ficus_testkit::grpc::channel(traffic.grpc_addr));
     api.put_route(proto::PutRouteRequest { route: Some(route.clone()), expected_generation: 0 }).await.expect("route");
+    wait_for_port(proxy).await;
+    traffic
+}
 
-    let nginx_addr = loopback();
+async fn run() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (stable, canary) = (loopback(), loopback());
+    let _backends = start_backends(&data.path().join("backends"), [stable, canary]);
+    wait_for_port(stable).await;
+    wait_for_port(canary).await;
+    let redis = ficus_testkit::RedisServer::new();
+    let route = two_backend_route(stable, canary);
     let validated = Route::from_proto(&route, "route", 1).expect("valid route");
-    let _nginx = start_nginx(data.path(), &validated, nginx_addr);
-    wait_for_port(nginx_addr).await;
 
-    let contestants = [
-        ("direct to one backend", format!("http://{stable}/")),
-        ("nginx, 80/20 split", format!("http://{nginx_addr}/")),
-        ("ficus proxy, 80/20 split", format!("http://{proxy}/")),
-    ];
-    for (_, url) in &contestants {
-        wrk(url, WARMUP);
-    }
-    let mut rounds: Vec<Vec<Measured>> = contestants.iter().map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
-        for offset in 0..contestants.len() {
-            let index = (round + offset) % contestants.len();
-            rounds[index].push(wrk(&contestants[index].1, DURATION));
+    for workers in [1, 2] {
+        let (embedded_proxy, exchanging_proxy, nginx_addr) = (loopback(), loopback(), loopback());
+        let store = data.path().join(format!("traffic-{workers}")).display().to_string();
+        let mut embedded = start_traffic(store, embedded_proxy, workers, &route).await;
+        let mut exchanging = start_traffic(redis.url(), exchanging_proxy, workers, &route).await;
+        let nginx = start_nginx(&data.path().join(format!("nginx-{workers}")), &validated, nginx_addr, workers);
+        wait_for_port(nginx_addr).await;
+
+        let contestants = [
+            ("direct to one backend", format!("http://{stable}/")),
+            ("nginx, 80/20 split", format!("http://{nginx_addr}/")),
+            ("ficus proxy, 80/20 split", format!("http://{embedded_proxy}/")),
+            ("ficus proxy, statistics exchanged", format!("http://{exchanging_proxy}/")),
+        ];
+        for (_, url) in &contestants {
+            wrk(url, WARMUP);
+        }
+        let mut rounds: Vec<Vec<Measured>> = contestants.iter().map(|_| Vec::new()).collect();
+        for round in 0..ROUNDS {
+            for offset in 0..contestants.len() {
+                let index = (round + offset) % contestants.len();
+                rounds[index].push(wrk(&contestants[index].1, DURATION));
+            }
+        }
+        let results: Vec<(&str, Measured)> =
+            contestants.iter().zip(&rounds).map(|((name, _), measured)| (*name, median(measured))).collect();
+        let nginx_result = &results[1].1;
+        println!(
+            "\nwrk -t1 -c{CONNECTIONS} -d{DURATION}, {workers} worker(s) each, nginx backends, same machine; \
+             medians of {ROUNDS} rounds in rotated order\n"
+        );
+        println!("| path | requests/s | p50 ms | p99 ms | throughput vs nginx | p99 vs nginx |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (name, measured) in &results {
+            println!(
+                "| {name} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
+                measured.requests_per_second,
+                measured.p50_ms,
+                measured.p99_ms,
+                measured.requests_per_second / nginx_result.requests_per_second,
+                measured.p99_ms / nginx_result.p99_ms,
+            );
+        }
+        let exchange = results[3].1.requests_per_second / results[2].1.requests_per_second;
+        println!("\nstatistics exchange on vs off: {exchange:.2} of the throughput");
+        drop(nginx);
+        for traffic in [&mut embedded, &mut exchanging] {
+            traffic.terminate();
+            traffic.wait_exit(Duration::from_secs(20)).await;
         }
     }
-    let results: Vec<(&str, Measured)> =
-        contestants.iter().zip(&rounds).map(|((name, _), measured)| (*name, median(measured))).collect();
-    let nginx = &results[1].1;
-    println!(
-        "\nwrk -t1 -c{CONNECTIONS} -d{DURATION}, one worker each, same machine and backend program; \
-         medians of {ROUNDS} rounds in rotated order\n"
-    );
-    println!("| path | requests/s | p50 ms | p99 ms | throughput vs nginx | p99 vs nginx |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, measured) in &results {
-        println!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
-            measured.requests_per_second,
-            measured.p50_ms,
-            measured.p99_ms,
-            measured.requests_per_second / nginx.requests_per_second,
-            measured.p99_ms / nginx.p99_ms,
-        );
-    }
-    traffic.terminate();
-    traffic.wait_exit(Duration::from_secs(20)).await;
 }

@@ -190,10 +190,11 @@ impl TrafficControl for TrafficService {
         };
         // Judging on one replica's share would be judging on a sample that changes with
         // every look: without the others' seconds there is no answer.
-        let (first, last) = self.stats.window_unix_seconds(window, cluster::LAG);
+        let at = self.stats.cluster_window(window, cluster::LAG);
+        let (first, last) = at.unix_seconds;
         let remote = cluster.fetch(&request.route, first, last).await.map_err(|error| {
             Status::unavailable(format!("the other replicas' statistics cannot be read from the store: {error}"))
         })?;
-        Ok(Response::new(self.stats.cluster_snapshot(&request.route, &backends, query, cluster::LAG, &remote)))
+        Ok(Response::new(self.stats.cluster_snapshot(&request.route, &backends, query, &at, &remote)))
     }
 }

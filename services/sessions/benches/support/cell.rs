@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+/// Longest a cell runs after its warm-up, over all its rounds.
+pub const CELL_TIME: Duration = Duration::from_secs(3);
+/// Each cell runs in this many rounds, the paths taking turns, so that a slower stretch
+/// of the machine (a neighbour's load on a shared host) weighs on every path alike
+/// instead of on whichever ran during it.
+pub const ROUNDS: u32 = 3;
+/// Unmeasured run before each cell, so connections and caches are warm.
+pub const WARM_UP: Duration = Duration::from_millis(300);
+
 /// Calls, errors, time and latencies of one cell.
 pub struct Cell {
     pub ops: u64,

@@ -271,32 +271,32 @@ impl Stats {
         self.snapshot_at(route, backends, query, Instant::now(), SystemTime::now(), &Remote::default())
     }
 
-    /// [`Stats::snapshot`] over every replica: this one's seconds and `remote`, the seconds
-    /// other replicas published (see [`cluster`]), up to `lag` ago so that each of them has
-    /// published every second of the window and any replica asked gives the same numbers.
+    /// The moment a cluster-wide snapshot with `window` looks at: `lag` ago, so that every
+    /// replica has published each second of it, with the Unix seconds it covers, first and
+    /// last, to fetch the other replicas' seconds for.
+    pub fn cluster_window(&self, window: Duration, lag: Duration) -> ClusterWindow {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let now = now.checked_sub(lag).unwrap_or(now);
+        let wall = wall.checked_sub(lag).unwrap_or(wall);
+        let window_secs = whole_seconds(window).clamp(1, self.inner.retention_secs);
+        let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
+        let first = (now_second + 1).saturating_sub(window_secs);
+        let unix_seconds = (self.inner.origin_unix + first, self.inner.origin_unix + now_second);
+        ClusterWindow { now, wall, unix_seconds }
+    }
+
+    /// [`Stats::snapshot`] over every replica at `at`: this one's seconds and `remote`,
+    /// the seconds the others published (see [`cluster`]) for `at`'s Unix seconds, so that
+    /// any replica asked gives the same numbers.
     pub fn cluster_snapshot(
         &self,
         route: &str,
         backends: &[String],
         query: Query,
-        lag: Duration,
+        at: &ClusterWindow,
         remote: &Remote,
     ) -> proto::TrafficStats {
-        let (now, wall) = (Instant::now(), SystemTime::now());
-        let now = now.checked_sub(lag).unwrap_or(now);
-        let wall = wall.checked_sub(lag).unwrap_or(wall);
-        self.snapshot_at(route, backends, query, now, wall, remote)
-    }
-
-    /// The Unix seconds of the window a snapshot at `now` with `window` covers, first and
-    /// last, as [`Stats::snapshot`] rounds it.
-    pub fn window_unix_seconds(&self, window: Duration, lag: Duration) -> (u64, u64) {
-        let now = Instant::now();
-        let now = now.checked_sub(lag).unwrap_or(now);
-        let window_secs = whole_seconds(window).clamp(1, self.inner.retention_secs);
-        let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
-        let first = (now_second + 1).saturating_sub(window_secs);
-        (self.inner.origin_unix + first, self.inner.origin_unix + now_second)
+        self.snapshot_at(route, backends, query, at.now, at.wall, remote)
     }
 
     /// [`Stats::snapshot`] as seen at `now`, which is `wall` on the wall clock, with the
@@ -444,6 +444,15 @@ impl Stats {
     pub fn forget_route(&self, route: &str) {
         self.inner.routes.write().remove(route);
     }
+}
+
+/// When a cluster-wide snapshot looks (see [`Stats::cluster_window`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterWindow {
+    now: Instant,
+    wall: SystemTime,
+    /// The Unix seconds of the window, first and last.
+    pub unix_seconds: (u64, u64),
 }
 
 /// The last second handed over per route, backend and half (see [`Stats::closed_seconds`]).
