@@ -3,8 +3,10 @@
 //! A service crate is a library that builds its gRPC routes; `kit` does the rest the same
 //! way for all four: configuration ([`config`]), logs and traces ([`telemetry`]), serving
 //! gRPC with health, reflection, metrics and an admin port, and shutting down gracefully
-//! ([`server`], [`shutdown`]), who may call what ([`auth`]), calling other services with trace context ([`client`]),
-//! turning errors into gRPC statuses ([`status`]), and durable state ([`store`]).
+//! ([`server`], [`shutdown`]), who may call what ([`auth`]), TLS from certificates that
+//! rotate ([`tls`]), calling other services with trace context and credentials
+//! ([`client`]), turning errors into gRPC statuses ([`status`]), and durable state
+//! ([`store`]).
 //! [`main`] ties these together so each binary is a few lines.
 
 pub mod auth;

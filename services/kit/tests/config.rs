@@ -123,3 +123,23 @@ fn a_section_is_read_on_its_own_for_ficus_up() {
         Ok(())
     });
 }
+
+#[test]
+fn tls_settings_that_mean_nothing_are_refused_naming_the_key() {
+    for (file, key) in [
+        (
+            "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_cert_optional = true\n",
+            "server.tls.client_cert_optional",
+        ),
+        ("[server.auth.mtls_roles]\ndeployer = [\"operator\"]\n", "server.auth.mtls_roles"),
+    ] {
+        Jail::expect_with(|jail| {
+            jail.create_file("ficus.toml", file)?;
+            match load() {
+                Err(ConfigError::Invalid { key: refused, .. }) => assert_eq!(refused, key),
+                other => panic!("{file:?} was not refused: {other:?}"),
+            }
+            Ok(())
+        });
+    }
+}

@@ -88,6 +88,12 @@ impl ServerConfig {
             return Err(ConfigError::invalid("server.grace_period", "must be at most 1h"));
         }
         let client_ca = self.tls.as_ref().and_then(|tls| tls.client_ca.as_ref());
+        if self.tls.as_ref().is_some_and(|tls| tls.client_cert_optional) && client_ca.is_none() {
+            return Err(ConfigError::invalid(
+                "server.tls.client_cert_optional",
+                "only means something with server.tls.client_ca, which client certificates are checked against",
+            ));
+        }
         if !self.auth.mtls_roles.is_empty() && client_ca.is_none() {
             return Err(ConfigError::invalid(
                 "server.auth.mtls_roles",
