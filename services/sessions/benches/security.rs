@@ -160,12 +160,5 @@ async fn run_for(setup: &Setup, clients: usize, time: Duration, max_ops: u64) ->
             })
         })
         .collect();
-    let mut cell = Cell::empty();
-    for task in tasks {
-        if let Ok(done) = task.await {
-            cell.add(done);
-        }
-    }
-    cell.elapsed = started.elapsed();
-    cell
+    Cell::gather(tasks, started).await
 }

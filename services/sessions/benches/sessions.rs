@@ -208,14 +208,7 @@ async fn run_for(targets: &Targets, op: Op, path: Path, clients: usize, time: Du
             tokio::spawn(async move { client_loop(targets, op, path, client, end, max_ops, issued).await })
         })
         .collect();
-    let mut cell = Cell::empty();
-    for task in tasks {
-        if let Ok(done) = task.await {
-            cell.add(done);
-        }
-    }
-    cell.elapsed = started.elapsed();
-    cell
+    Cell::gather(tasks, started).await
 }
 
 /// One client: its own session, its own last-seen version, back-to-back operations.

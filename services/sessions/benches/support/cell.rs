@@ -45,6 +45,18 @@ impl Cell {
         let _ = self.latency.add(other.latency);
     }
 
+    /// The cell of the clients `tasks`, which ran from `started` until now.
+    pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Cell>>, started: std::time::Instant) -> Cell {
+        let mut cell = Cell::empty();
+        for task in tasks {
+            if let Ok(done) = task.await {
+                cell.add(done);
+            }
+        }
+        cell.elapsed = started.elapsed();
+        cell
+    }
+
     pub fn throughput(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
