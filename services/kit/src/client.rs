@@ -22,7 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     auth::TokenFileError,
-    reload::{self, Watched},
+    reload,
     tls::{ClientTls, TlsError},
 };
 
@@ -127,18 +127,9 @@ impl BearerToken {
     /// clone is alive: a projected ServiceAccount token, which the kubelet renews before
     /// it expires, keeps working.
     pub fn follow_file(path: &Path) -> Result<Self, TokenFileError> {
-        let watched = Watched::now(vec![path.to_owned()]);
-        let token = Self::from_file(path)?;
-        let path = path.to_owned();
-        let current = Arc::downgrade(&token.0);
-        tokio::spawn(reload::follow(
-            "bearer token",
-            watched,
-            current,
-            move || header_in(&path),
-            CancellationToken::new(),
-        ));
-        Ok(token)
+        let (files, path) = (vec![path.to_owned()], path.to_owned());
+        let build = move || header_in(&path);
+        Ok(Self(reload::load_and_follow("bearer token", files, build, CancellationToken::new())?))
     }
 
     /// The token itself, for clients that build their own header (e.g. the session

@@ -51,6 +51,26 @@ fn stamp(path: &Path) -> Stamp {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
+/// Builds a value from `files` with `build` and rebuilds it whenever they change (see
+/// [`follow`]), until `stop` or until nothing holds the answer any more.
+pub(crate) fn load_and_follow<T, E, F>(
+    what: &'static str,
+    files: Vec<PathBuf>,
+    build: F,
+    stop: CancellationToken,
+) -> Result<Arc<ArcSwap<T>>, E>
+where
+    T: Send + Sync + 'static,
+    E: Display + 'static,
+    F: Fn() -> Result<T, E> + Send + 'static,
+{
+    // Stamped before the first read, so a change made during it is still seen.
+    let watched = Watched::now(files);
+    let current = Arc::new(ArcSwap::from_pointee(build()?));
+    tokio::spawn(follow(what, watched, Arc::downgrade(&current), build, stop));
+    Ok(current)
+}
+
 /// Rebuilds `current` with `build` whenever a file of `watched` changes, until `stop` or
 /// until nothing else holds `current`. A change that does not build is logged and the last
 /// good value stays in force, so a half-written file never takes a service's credentials

@@ -4,6 +4,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -140,7 +141,7 @@ fn bearer<B>(request: &Request<B>) -> Option<&str> {
 
 /// The leaf certificate the client presented in the TLS handshake, already verified
 /// against `server.tls.client_ca`.
-fn client_certificate<B>(request: &Request<B>) -> Option<CertificateDer<'static>> {
+fn client_certificate<B>(request: &Request<B>) -> Option<Arc<CertificateDer<'static>>> {
     request.extensions().get::<TlsPeer>()?.certificate.clone()
 }
 

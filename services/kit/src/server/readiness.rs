@@ -122,13 +122,7 @@ impl Readiness {
         if self.stopping.is_cancelled() {
             return Err("shutting down".into());
         }
-        let down: Vec<String> = self
-            .probe()
-            .await
-            .into_iter()
-            .filter(|probe| probe.need == Need::Required)
-            .filter_map(|probe| probe.state.err().map(|error| format!("{}: {error}", probe.name)))
-            .collect();
+        let down = required_down(&self.probe().await);
         if down.is_empty() { Ok(()) } else { Err(down.join("; ")) }
     }
 
@@ -137,7 +131,7 @@ impl Readiness {
     pub(crate) async fn report(&self) -> (bool, String) {
         let stopping = self.stopping.is_cancelled();
         let probed = self.probe().await;
-        let ready = !stopping && probed.iter().all(|probe| probe.need == Need::Reported || probe.state.is_ok());
+        let ready = !stopping && required_down(&probed).is_empty();
         let mut text = String::from(if ready { "ready\n" } else { "not ready\n" });
         if stopping {
             text.push_str("shutting down\n");
@@ -151,4 +145,10 @@ impl Readiness {
         }
         (ready, text)
     }
+}
+
+/// The required dependencies that are down, each as `name: why`.
+fn required_down(probed: &[Probed]) -> Vec<String> {
+    let required = probed.iter().filter(|probe| probe.need == Need::Required);
+    required.filter_map(|probe| probe.state.as_ref().err().map(|error| format!("{}: {error}", probe.name))).collect()
 }

@@ -35,12 +35,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A TLS connection a server accepted.
 pub(crate) struct Connection(TlsStream<TcpStream>);
 
-/// Who is at the other end of a TLS connection; in each call's request extensions.
+/// Who is at the other end of a TLS connection; in each call's request extensions, so
+/// cloned for every call: the certificate is shared, not copied.
 #[derive(Clone, Debug)]
 pub(crate) struct TlsPeer {
     /// The leaf certificate the client presented, already verified against
     /// `server.tls.client_ca`.
-    pub(crate) certificate: Option<CertificateDer<'static>>,
+    pub(crate) certificate: Option<Arc<CertificateDer<'static>>>,
 }
 
 impl Connected for Connection {
@@ -48,7 +49,7 @@ impl Connected for Connection {
 
     fn connect_info(&self) -> TlsPeer {
         let (_, session) = self.0.get_ref();
-        TlsPeer { certificate: session.peer_certificates().and_then(<[_]>::first).cloned() }
+        TlsPeer { certificate: session.peer_certificates().and_then(<[_]>::first).cloned().map(Arc::new) }
     }
 }
 

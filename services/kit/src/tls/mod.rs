@@ -14,6 +14,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use ficus_tls_connector::{ALPN_H2, TlsConnector};
 use rustls::{
     RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
@@ -23,9 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::acceptor::{TlsPeer, incoming};
-use crate::reload::{self, Watched};
-
-use ficus_tls_connector::{ALPN_H2, TlsConnector};
+use crate::reload;
 
 /// Installs ring as rustls' process-wide crypto provider. rustls can only infer one when
 /// exactly one is compiled in, which other dependencies may change; installing it
@@ -166,16 +165,9 @@ impl ServerTls {
     /// Reads the files of `config` and follows them until `stop`; a service whose files
     /// do not make a configuration does not start.
     pub(crate) fn start(config: &ServerTlsConfig, stop: &CancellationToken) -> Result<Self, TlsError> {
-        let watched = Watched::now(config.files());
-        let current = Arc::new(ArcSwap::from_pointee(config.build()?));
+        let files = config.files();
         let config = config.clone();
-        tokio::spawn(reload::follow(
-            "server TLS certificate",
-            watched,
-            Arc::downgrade(&current),
-            move || config.build(),
-            stop.clone(),
-        ));
+        let current = reload::load_and_follow("server TLS certificate", files, move || config.build(), stop.clone())?;
         Ok(Self { current })
     }
 
@@ -185,6 +177,13 @@ impl ServerTls {
 }
 
 impl ClientTlsConfig {
+    /// `server_name`, checked.
+    fn server_name(&self) -> Result<Option<ServerName<'static>>, TlsError> {
+        let name =
+            |name: &str| ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName(name.to_owned()));
+        self.server_name.as_deref().map(name).transpose()
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         [self.ca_cert.as_ref(), self.cert.as_ref(), self.key.as_ref()].into_iter().flatten().cloned().collect()
     }
@@ -235,11 +234,7 @@ pub struct ClientTls {
 impl ClientTls {
     /// Reads the files of `config` once; [`ClientTls::follow`] keeps them current.
     pub fn load(config: &ClientTlsConfig) -> Result<Self, TlsError> {
-        let server_name = config
-            .server_name
-            .as_deref()
-            .map(|name| ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName(name.to_owned())))
-            .transpose()?;
+        let server_name = config.server_name()?;
         Ok(Self { current: Arc::new(ArcSwap::from_pointee(config.build()?)), server_name })
     }
 
@@ -247,17 +242,11 @@ impl ClientTls {
     /// clone of the answer is alive: a long-running service presents its rotated
     /// certificate on its next connection.
     pub fn follow(config: &ClientTlsConfig) -> Result<Self, TlsError> {
-        let watched = Watched::now(config.files());
-        let tls = Self::load(config)?;
-        let config = config.clone();
-        tokio::spawn(reload::follow(
-            "client TLS certificate",
-            watched,
-            Arc::downgrade(&tls.current),
-            move || config.build(),
-            CancellationToken::new(),
-        ));
-        Ok(tls)
+        let server_name = config.server_name()?;
+        let (files, config) = (config.files(), config.clone());
+        let build = move || config.build();
+        let current = reload::load_and_follow("client TLS certificate", files, build, CancellationToken::new())?;
+        Ok(Self { current, server_name })
     }
 
     /// The system's roots, no client certificate: for `https://` addresses given without

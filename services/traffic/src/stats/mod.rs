@@ -278,11 +278,18 @@ impl Stats {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let now = now.checked_sub(lag).unwrap_or(now);
         let wall = wall.checked_sub(lag).unwrap_or(wall);
-        let window_secs = whole_seconds(window).clamp(1, self.inner.retention_secs);
-        let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
-        let first = (now_second + 1).saturating_sub(window_secs);
-        let unix_seconds = (self.inner.origin_unix + first, self.inner.origin_unix + now_second);
+        let seconds = self.window_at(window, now);
+        let unix_seconds = (self.inner.origin_unix + seconds.first, self.inner.origin_unix + seconds.last);
         ClusterWindow { now, wall, unix_seconds }
+    }
+
+    /// The seconds, counted from the origin, of a window of `window` ending at `now`: as
+    /// many whole seconds as it spans (at least one, at most the retention), up to and
+    /// including the one holding `now`.
+    fn window_at(&self, window: Duration, now: Instant) -> WindowSeconds {
+        let length = whole_seconds(window).clamp(1, self.inner.retention_secs);
+        let last = now.saturating_duration_since(self.inner.origin).as_secs();
+        WindowSeconds { length, first: (last + 1).saturating_sub(length), last }
     }
 
     /// [`Stats::snapshot`] over every replica at `at`: this one's seconds and `remote`,
@@ -310,7 +317,8 @@ impl Stats {
         wall: SystemTime,
         remote: &Remote,
     ) -> proto::TrafficStats {
-        let window_secs = whole_seconds(query.window).clamp(1, self.inner.retention_secs);
+        let WindowSeconds { length: window_secs, first: first_second, last: now_second } =
+            self.window_at(query.window, now);
         let period_secs = query.period.map(|period| whole_seconds(period).max(1));
         // The wall-clock time of a moment of the monotonic clock, as of `now` = `wall`.
         let wall_of = |instant: Instant| {
@@ -327,7 +335,6 @@ impl Stats {
                 backends.iter().map(|backend| (backend.clone(), find(backend))).collect()
             }
         };
-        let now_second = now.saturating_duration_since(self.inner.origin).as_secs();
         // The seconds of other replicas in the window, by backend, as this replica's seconds.
         let remote_seconds = |backend: &str| -> Vec<(Half, u64, &Period)> {
             let seconds = remote.seconds_of(backend).into_iter().filter_map(|(half, unix_second, period)| {
@@ -377,7 +384,6 @@ impl Stats {
             })
             .collect();
 
-        let first_second = (now_second + 1).saturating_sub(window_secs);
         let start = self.inner.origin + Duration::from_secs(first_second);
         proto::TrafficStats {
             route: route.to_owned(),
@@ -444,6 +450,13 @@ impl Stats {
     pub fn forget_route(&self, route: &str) {
         self.inner.routes.write().remove(route);
     }
+}
+
+/// The seconds of a window, counted from the origin (see [`Stats::window_at`]).
+struct WindowSeconds {
+    length: u64,
+    first: u64,
+    last: u64,
 }
 
 /// When a cluster-wide snapshot looks (see [`Stats::cluster_window`]).
