@@ -12,6 +12,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use ficus_tls_connector::Dial;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use opentelemetry::{global, propagation::Injector};
 use tokio_util::sync::CancellationToken;
@@ -75,20 +76,13 @@ pub fn connect_with(
     credentials: &Credentials,
 ) -> Result<TracedChannel, AddressError> {
     let refuse = |reason: String| AddressError { address: address.to_owned(), reason };
-    let (scheme, authority) = match address.split_once("://") {
-        Some((scheme, authority)) => (Some(scheme), authority),
-        None => (None, address),
+    let dial = Dial::of(address, credentials.tls.is_some()).map_err(refuse)?;
+    let tls = match (dial.tls, &credentials.tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls.clone()),
+        (true, None) => Some(ClientTls::system().map_err(|error| refuse(error.to_string()))?),
     };
-    let tls = match (scheme, &credentials.tls) {
-        (Some("http"), Some(_)) => {
-            return Err(refuse("TLS is configured for this client; write https:// or no scheme".to_owned()));
-        }
-        (Some("http") | None, None) => None,
-        (Some("https") | None, Some(tls)) => Some(tls.clone()),
-        (Some("https"), None) => Some(ClientTls::system().map_err(|error| refuse(error.to_string()))?),
-        (Some(other), _) => return Err(refuse(format!("`{other}://` is not http:// or https://"))),
-    };
-    let uri = format!("{}://{authority}", if tls.is_some() { "https" } else { "http" });
+    let uri = dial.uri();
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|source| refuse(source.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)

@@ -7,7 +7,7 @@ use ficus_proto::sessions::v1::{
     CreateSessionRequest, DeleteSessionRequest, GetSessionRequest, Session as ProtoSession,
     session_call::Request as Call, session_reply::Reply,
 };
-use ficus_tls_connector::{ALPN_H2, TlsConnector};
+use ficus_tls_connector::{ALPN_H2, Dial, TlsConnector};
 use tonic::{
     Code, Status,
     codegen::{Body, Bytes, StdError},
@@ -71,17 +71,11 @@ impl SessionClient<Channel> {
     /// `host:port`), presenting `options.token` when set.
     pub fn connect_lazy_with(address: &str, options: &ConnectOptions) -> Result<Self, Error> {
         let invalid = |reason: String| Error::Address { address: address.to_owned(), reason };
-        let authority = address.split_once("://").map_or(address, |(_, authority)| authority);
-        let scheme = match (address.split_once("://").map(|(scheme, _)| scheme), &options.tls) {
-            (Some("http") | None, None) => "http",
-            (Some("https") | None, Some(_)) => "https",
-            (Some(scheme), _) => {
-                return Err(invalid(format!(
-                    "`{scheme}://` does not match the TLS options (http:// without, https:// with)"
-                )));
-            }
-        };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+        let dial = Dial::of(address, options.tls.is_some()).map_err(invalid)?;
+        if dial.tls && options.tls.is_none() {
+            return Err(invalid("https:// needs `ConnectOptions::tls`".to_owned()));
+        }
+        let endpoint = Endpoint::from_shared(dial.uri())
             .map_err(|source| invalid(source.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)

@@ -25,6 +25,44 @@ use tower::Service;
 /// The protocol offered in the handshake: gRPC is HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
 
+/// How to dial an address: its authority, and whether over TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dial<'a> {
+    /// `host:port`.
+    pub authority: &'a str,
+    /// Whether the address is to be dialled over TLS.
+    pub tls: bool,
+}
+
+impl<'a> Dial<'a> {
+    /// How to dial `address` (`https://host:port`, `http://host:port` or `host:port`) for
+    /// a client that has TLS settings or not. `https://` is always TLS and `http://` never;
+    /// a bare `host:port` is TLS when the client has settings. An `http://` address for a
+    /// client with TLS settings is refused: the caller meant TLS, and would otherwise send
+    /// its credentials in the clear. The error says why.
+    pub fn of(address: &'a str, tls_configured: bool) -> Result<Self, String> {
+        let (scheme, authority) = match address.split_once("://") {
+            Some((scheme, authority)) => (Some(scheme), authority),
+            None => (None, address),
+        };
+        let tls = match (scheme, tls_configured) {
+            (Some("http"), true) => {
+                return Err("TLS is configured for this client; write https:// or no scheme".to_owned());
+            }
+            (Some("http"), false) => false,
+            (Some("https"), _) => true,
+            (None, configured) => configured,
+            (Some(other), _) => return Err(format!("`{other}://` is not http:// or https://")),
+        };
+        Ok(Self { authority, tls })
+    }
+
+    /// The URI of the address with the scheme it is dialled with.
+    pub fn uri(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.authority)
+    }
+}
+
 /// Where a connector gets the configuration of each new connection.
 type ConfigSource = Arc<dyn Fn() -> Arc<rustls::ClientConfig> + Send + Sync>;
 
@@ -89,5 +127,22 @@ impl Service<Uri> for TlsConnector {
             let stream = tokio_rustls::TlsConnector::from(config).connect(server_name, stream).await?;
             Ok(TokioIo::new(stream))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dial;
+
+    #[test]
+    fn the_scheme_and_the_settings_decide_together() {
+        let dial = |address, configured| Dial::of(address, configured).map(|dial| (dial.authority, dial.tls));
+        assert_eq!(dial("shop:7004", false), Ok(("shop:7004", false)));
+        assert_eq!(dial("shop:7004", true), Ok(("shop:7004", true)));
+        assert_eq!(dial("https://shop:7004", false), Ok(("shop:7004", true)));
+        assert_eq!(dial("http://shop:7004", false), Ok(("shop:7004", false)));
+        assert!(dial("http://shop:7004", true).is_err(), "no token in the clear");
+        assert!(dial("ftp://shop:7004", false).is_err());
+        assert_eq!(Dial::of("shop:7004", true).map(|dial| dial.uri()), Ok("https://shop:7004".to_owned()));
     }
 }
