@@ -167,6 +167,9 @@ async fn apply_get_list_watch_promote_and_abort_round_trip() {
     let shown = plane.ok(&["rollout", "get", "cli-gated"]).await;
     assert!(shown.contains("phase:          PAUSED"), "{shown}");
     assert!(shown.contains(">  2     wait for promotion"), "the current step is marked: {shown}");
+    assert!(shown.contains("applied:        yes, route generation "), "traffic confirmed the weights: {shown}");
+    let history = shown.split("History:").nth(1).expect("a history");
+    assert!(history.contains("PENDING -> PROGRESSING") && history.contains("PROGRESSING -> PAUSED"), "{history}");
     let watcher = plane.command(&["rollout", "watch", "cli-gated"]).stdout(Stdio::piped()).spawn().expect("watch");
     let promoted = plane.ok(&["rollout", "promote", "cli-gated", "--reason", "looks good"]).await;
     assert!(promoted.starts_with("rollout `cli-gated`: "), "{promoted}");

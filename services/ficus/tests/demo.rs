@@ -17,9 +17,10 @@ async fn the_demo_keeps_its_promises() {
     println!("{summary}");
     assert_eq!(summary.migration, Phase::Succeeded, "the first migration reaches 100%");
     assert_eq!(summary.faulty, Phase::RolledBack, "the faulty release is rolled back");
-    assert_eq!(summary.rolled_back_to, 2_000, "back to the stage before the fault, 20%");
+    // Faulty from 50% on: back to 20%, judged again and still faulty, back to 5%, then 0.
+    assert_eq!(summary.stepped_back, [5_000, 2_000, 500, 0], "a stage back at a time, each judged again");
     let reaction = summary.fault_to_rollback.expect("the fault was injected");
-    assert!(reaction < Duration::from_secs(15), "rolled back {reaction:?} after the fault");
+    assert!(reaction < Duration::from_secs(15), "stepped back {reaction:?} after the fault");
     assert_eq!(summary.observed.lost_sessions, 0);
     assert_eq!(summary.observed.flips, 0);
     assert!(summary.observed.new.errors > 0, "the fault was seen by users");

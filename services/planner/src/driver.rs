@@ -59,9 +59,10 @@ pub struct Peers {
 /// Drives every active rollout while this replica leads.
 pub async fn run(rollouts: Rollouts, peers: Peers, mut leadership: Leadership, shutdown: CancellationToken) {
     loop {
-        if leadership.borrow_and_update().is_some() {
+        let token = *leadership.borrow_and_update();
+        if let Some(token) = token {
             let tenure = shutdown.child_token();
-            let lead = lead(rollouts.clone(), peers.clone(), tenure.clone());
+            let lead = lead(rollouts.clone(), peers.clone(), token, tenure.clone());
             tokio::pin!(lead);
             loop {
                 tokio::select! {
@@ -86,22 +87,23 @@ pub async fn run(rollouts: Rollouts, peers: Peers, mut leadership: Leadership, s
     }
 }
 
-/// While leading: one task per active rollout.
-async fn lead(rollouts: Rollouts, peers: Peers, tenure: CancellationToken) {
+/// While leading with fencing token `token`: one task per rollout that is active or whose
+/// decided weights traffic has not confirmed yet.
+async fn lead(rollouts: Rollouts, peers: Peers, token: u64, tenure: CancellationToken) {
     let driving: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let mut events = rollouts.subscribe();
     let mut rescan = tokio::time::interval(RESCAN);
     loop {
         let ids: Vec<String> = tokio::select! {
-            _ = rescan.tick() => match rollouts.list("", true).await {
-                Ok(active) => active.into_iter().map(|rollout| rollout.id).collect(),
+            _ = rescan.tick() => match rollouts.unsettled().await {
+                Ok(unsettled) => unsettled.into_iter().map(|rollout| rollout.id).collect(),
                 Err(error) => {
-                    tracing::warn!(%error, "cannot list active rollouts");
+                    tracing::warn!(%error, "cannot list the rollouts to drive");
                     Vec::new()
                 }
             },
             event = events.recv() => match event {
-                Ok(event) => event.rollout.into_iter().filter(|r| !machine::is_terminal(r.phase())).map(|r| r.id).collect(),
+                Ok(event) => event.rollout.into_iter().filter(Rollouts::is_unsettled).map(|r| r.id).collect(),
                 Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -116,7 +118,7 @@ async fn lead(rollouts: Rollouts, peers: Peers, tenure: CancellationToken) {
             driving_now.insert(id.clone(), stop.clone());
             let (rollouts, peers, driving) = (rollouts.clone(), peers.clone(), driving.clone());
             tokio::spawn(async move {
-                Drive { rollouts, peers, id: id.clone(), stop }.run().await;
+                Drive { rollouts, peers, id: id.clone(), token, stop }.run().await;
                 driving.lock().remove(&id);
             });
         }
@@ -128,6 +130,8 @@ struct Drive {
     rollouts: Rollouts,
     peers: Peers,
     id: String,
+    /// The lease's fencing token, sent with every weight change.
+    token: u64,
     stop: CancellationToken,
 }
 
@@ -137,7 +141,8 @@ enum Next {
     Reload,
     /// Wait for a change of this rollout (or the retry delay), then re-read.
     Wait(Option<Duration>),
-    /// The rollout has ended and traffic has its final weights.
+    /// The rollout has ended and traffic has its final weights, or this replica no
+    /// longer leads.
     Done,
 }
 
@@ -216,17 +221,15 @@ impl Drive {
     }
 
     async fn step(&self, rollout: proto::Rollout, changes: &mut broadcast::Receiver<proto::RolloutEvent>) -> Next {
+        let ended = machine::is_terminal(rollout.phase());
+        if ended && !rollout.weights_pending {
+            return Next::Done;
+        }
         let (spec, plan) = match plan_of(&rollout) {
             Ok(parsed) => parsed,
-            Err(error) => {
-                let mut failed = rollout.clone();
-                failed.phase = Phase::Failed.into();
-                failed.message = error.to_string();
-                let weights = rollout.weights.clone();
-                return self
-                    .save(Transition { reason: error.to_string(), from: rollout.phase(), rollout: failed }, &weights)
-                    .await;
-            }
+            // An ended rollout that cannot be read has nothing left to apply.
+            Err(_) if ended => return Next::Done,
+            Err(error) => return self.save(machine::unjudgeable(&rollout, error.to_string(), SystemTime::now())).await,
         };
         let replicas = self.replicas(&spec, &rollout);
         if let Some((scaler, deployments, target)) = &replicas {
@@ -236,28 +239,33 @@ impl Drive {
                 Err(error) => return self.hold(rollout, format!("holding: cannot scale: {error}")).await,
             }
         }
-        if let Err(error) = apply_weights(&self.peers.traffic, &spec.route, &rollout.weights).await {
-            return self.hold(rollout, format!("holding: {error}")).await;
-        }
+        let rollout = match self.apply(rollout, &spec.route).await {
+            Ok(applied) => applied,
+            Err(next) => return next,
+        };
         if let Some((scaler, deployments, target)) = &replicas
             && let Err(error) = scaler.shrink(deployments, *target).await
         {
             tracing::warn!(rollout = %self.id, %error, "cannot scale down; the next pass retries");
         }
-        if machine::is_terminal(rollout.phase()) {
+        if ended {
+            self.settle_replicas(&rollout).await;
             return Next::Done;
+        }
+        if let Some(late) = self.past_progress_deadline(&rollout, &plan, &spec) {
+            return self.save(late).await;
         }
         if rollout.phase() == Phase::Paused {
             return Next::Wait(None);
         }
         let Some(step) = plan.step(rollout.step as usize) else {
             let transition = machine::advance(&rollout, &plan, SystemTime::now(), "plan complete".into());
-            return self.save(transition, &rollout.weights).await;
+            return self.save(transition).await;
         };
         let started = rollout.step_started_at.as_ref().and_then(time::system_time).unwrap_or_else(SystemTime::now);
         let remaining = |duration: Duration| step_end(started, duration).duration_since(SystemTime::now()).ok();
         match step.kind {
-            StepKind::SetWeight { .. } => self.advance(&rollout, &plan, "weights applied").await,
+            StepKind::SetWeight { .. } => self.step_done(&rollout, &plan, "weights applied").await,
             StepKind::Observe { window, analysis: true } => {
                 self.observe(rollout, &plan, spec, window, started, changes).await
             }
@@ -265,7 +273,7 @@ impl Drive {
             | StepKind::Pause { duration: Some(duration) }
             | StepKind::Retain { duration } => match remaining(duration) {
                 Some(left) => Next::Wait(Some(left)),
-                None => self.advance(&rollout, &plan, "window over").await,
+                None => self.step_done(&rollout, &plan, "window over").await,
             },
             StepKind::Pause { duration: None } | StepKind::Gate => Next::Wait(None),
         }
@@ -306,16 +314,8 @@ impl Drive {
         let mut analysis = self.peers.analysis.clone();
         if let Err(status) = analysis.start_run(request).await {
             if status.code() == Code::InvalidArgument {
-                let mut failed = rollout.clone();
-                failed.phase = Phase::Failed.into();
-                failed.message = format!("analysis refused the step's checks: {}", status.message());
-                let weights = rollout.weights.clone();
-                return self
-                    .save(
-                        Transition { reason: failed.message.clone(), from: rollout.phase(), rollout: failed },
-                        &weights,
-                    )
-                    .await;
+                let why = format!("analysis refused the step's checks: {}", status.message());
+                return self.save(machine::unjudgeable(&rollout, why, SystemTime::now())).await;
             }
             return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await;
         }
@@ -325,25 +325,53 @@ impl Drive {
                 return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await;
             }
         };
+        // After a restart a conclusive verdict is known only if it was the latest one.
+        let mut conclusive =
+            rollout.last_verdict.as_ref().is_some_and(|verdict| verdict.outcome() != Outcome::Inconclusive);
         let mut current = rollout;
-        let window_end = tokio::time::Instant::now()
-            + step_end(started, window).duration_since(SystemTime::now()).unwrap_or_default();
+        let after_start = |duration: Duration| {
+            tokio::time::Instant::now()
+                + step_end(started, duration).duration_since(SystemTime::now()).unwrap_or_default()
+        };
+        let window_end = after_start(window);
+        let unjudged_by = spec.deadlines.inconclusive.map(after_start);
+        let late_by = spec.deadlines.progress.map(|grace| after_start(window.saturating_add(grace)));
         let mut window_over = false;
         loop {
-            let deadline = async {
-                if window_over { std::future::pending().await } else { tokio::time::sleep_until(window_end).await }
+            let deadline = sleep_until(if window_over { None } else { Some(window_end) });
+            let unjudged = sleep_until(unjudged_by.filter(|_| !conclusive));
+            let late = sleep_until(late_by);
+            let missed = async {
+                tokio::select! {
+                    () = unjudged => format!(
+                        "step {step} had no conclusive verdict within its inconclusive deadline ({}s)",
+                        spec.deadlines.inconclusive.unwrap_or_default().as_secs()
+                    ),
+                    () = late => format!(
+                        "step {step} missed its progress deadline ({}s past its window) without a passing verdict",
+                        spec.deadlines.progress.unwrap_or_default().as_secs()
+                    ),
+                }
             };
             tokio::select! {
+                what = missed => {
+                    let transition = machine::on_deadline(&current, plan, &spec.deadlines, spec.failure_policy, what, SystemTime::now());
+                    let analysis = self.peers.analysis.clone();
+                    let run_id = run_id.clone();
+                    tokio::spawn(async move { stop_run(&analysis, &run_id).await });
+                    return self.save(transition).await;
+                }
                 verdict = verdicts.next() => match verdict {
                     Some(Ok(verdict)) => {
                         let outcome = verdict.outcome();
                         let transition = machine::on_verdict(&current, plan, spec.failure_policy, verdict, SystemTime::now());
-                        let changed_phase = transition.rollout.phase() != current.phase();
+                        // A new phase or step (a step back) ends this step's run.
+                        let left = transition.rollout.phase() != current.phase() || transition.rollout.step != current.step;
                         match self.rollouts.save(transition).await {
                             Ok(saved) => current = saved,
                             Err(_) => return Next::Reload,
                         }
-                        if changed_phase {
+                        if left {
                             // Weights first: the run is stopped in the background.
                             let analysis = self.peers.analysis.clone();
                             let run_id = run_id.clone();
@@ -352,7 +380,10 @@ impl Drive {
                         }
                         if window_over && outcome == Outcome::Pass {
                             stop_run(&self.peers.analysis, &run_id).await;
-                            return self.advance(&current, plan, "window over with a passing verdict").await;
+                            return self.step_done(&current, plan, "window over with a passing verdict").await;
+                        }
+                        if outcome != Outcome::Inconclusive {
+                            conclusive = true;
                         }
                     }
                     Some(Err(status)) => return self.hold(current, format!("holding: analysis unavailable: {}", status.message())).await,
@@ -362,7 +393,7 @@ impl Drive {
                     window_over = true;
                     if current.last_verdict.as_ref().is_some_and(|verdict| verdict.outcome() == Outcome::Pass) {
                         stop_run(&self.peers.analysis, &run_id).await;
-                        return self.advance(&current, plan, "window over with a passing verdict").await;
+                        return self.step_done(&current, plan, "window over with a passing verdict").await;
                     }
                     let mut waiting = current.clone();
                     waiting.message = format!("step {step}: window over; waiting for a passing verdict before going on");
@@ -405,31 +436,70 @@ impl Drive {
         Some((scaler, deployments, spec.scaling?.at_weight(weight)))
     }
 
-    async fn advance(&self, rollout: &proto::Rollout, plan: &crate::plan::Plan, why: &str) -> Next {
+    async fn step_done(&self, rollout: &proto::Rollout, plan: &crate::plan::Plan, why: &str) -> Next {
         let transition =
-            machine::advance(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step));
-        self.save(transition, &rollout.weights).await
+            machine::step_done(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step));
+        self.save(transition).await
     }
 
-    /// Records a transition from a rollout that had `previous` weights. A transition that
-    /// ends the rollout is finished here: its weights are applied if they changed, and the
-    /// driver stops without reading the rollout again, which could otherwise re-apply them
-    /// over an operator who moves the route right after the rollout ended.
-    async fn save(&self, transition: Transition, previous: &HashMap<String, u32>) -> Next {
-        let changed = transition.rollout.weights != *previous;
-        match self.rollouts.save(transition).await {
-            Ok(saved) if machine::is_terminal(saved.phase()) => {
-                let route = saved.spec.as_ref().map(|spec| spec.route.clone()).unwrap_or_default();
-                while changed && let Err(error) = apply_weights(&self.peers.traffic, &route, &saved.weights).await {
-                    tracing::warn!(rollout = %self.id, %error, "cannot apply the final weights; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY) => {}
-                        () = self.stop.cancelled() => break,
-                    }
+    /// The deadline transition of a progressing step that has run `progress_deadline` past
+    /// its own duration; `None` while it has time, or has no deadline.
+    fn past_progress_deadline(
+        &self,
+        rollout: &proto::Rollout,
+        plan: &crate::plan::Plan,
+        spec: &crate::spec::Spec,
+    ) -> Option<Transition> {
+        let grace = spec.deadlines.progress?;
+        if rollout.phase() != Phase::Progressing {
+            return None;
+        }
+        let duration = plan.step(rollout.step as usize)?.duration()?;
+        let started = rollout.step_started_at.as_ref().and_then(time::system_time)?;
+        let due = step_end(step_end(started, duration), grace);
+        let now = SystemTime::now();
+        let late = now.duration_since(due).is_ok();
+        late.then(|| {
+            let what =
+                format!("step {} missed its progress deadline ({}s past its duration)", rollout.step, grace.as_secs());
+            machine::on_deadline(rollout, plan, &spec.deadlines, spec.failure_policy, what, now)
+        })
+    }
+
+    /// Makes traffic carry the rollout's weights. Returns the rollout, with the
+    /// confirmation recorded when its weights were pending; else what to do next.
+    async fn apply(&self, rollout: proto::Rollout, route: &str) -> Result<proto::Rollout, Next> {
+        match apply_weights(&self.peers.traffic, route, &rollout.weights, self.token).await {
+            Ok(generation) if rollout.weights_pending => {
+                match self.rollouts.save(machine::applied(&rollout, generation)).await {
+                    Ok(saved) => Ok(saved),
+                    Err(_) => Err(Next::Reload),
                 }
-                self.settle_replicas(&saved).await;
-                Next::Done
             }
+            Ok(_) => Ok(rollout),
+            Err(ApplyError::Fenced { newest }) => {
+                tracing::warn!(
+                    rollout = %self.id,
+                    token = self.token,
+                    newest,
+                    "traffic has weights from a newer leader; this replica stops driving"
+                );
+                Err(Next::Done)
+            }
+            Err(ApplyError::Failed(why)) if rollout.weights_pending => {
+                if rollout.pending_reason != why {
+                    let _ = self.rollouts.save(machine::unapplied(&rollout, why)).await;
+                }
+                Err(Next::Wait(Some(RETRY)))
+            }
+            Err(ApplyError::Failed(why)) => Err(self.hold(rollout, format!("holding: {why}")).await),
+        }
+    }
+
+    /// Records a transition, then reads the rollout again to act on it (an ended one has
+    /// its final weights applied, once).
+    async fn save(&self, transition: Transition) -> Next {
+        match self.rollouts.save(transition).await {
             Ok(_) | Err(Error::Conflict { .. }) => Next::Reload,
             Err(error) => {
                 tracing::warn!(rollout = %self.id, %error, "cannot record a transition; retrying");
@@ -478,6 +548,14 @@ impl Drive {
     }
 }
 
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// When a step that started at `started` and lasts `duration` is over. Specs cap their
 /// durations at validation; one stored before they did is read as the cap, so that time
 /// arithmetic on it cannot overflow and panic the driver.
@@ -485,36 +563,60 @@ fn step_end(started: SystemTime, duration: Duration) -> SystemTime {
     started.checked_add(duration.min(MAX_DURATION)).unwrap_or(started)
 }
 
+/// Why weights could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Traffic has weights from a planner with a newer lease: this one no longer leads.
+    #[error("traffic has weights from a newer leader (fencing token {newest})")]
+    Fenced {
+        /// The newest fencing token traffic has seen for the route.
+        newest: u64,
+    },
+    /// Traffic is down, refused the weights, or the route kept changing.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Sets `weights` on `route` unless traffic already has them, compare-and-set on the
-/// route's generation so a concurrent change is never overwritten blindly.
+/// route's generation so a concurrent change is never overwritten blindly, with the
+/// driver's fencing `token` so that a leader that was replaced cannot overwrite its
+/// successor. Returns the route's generation that carries the weights.
 pub async fn apply_weights(
     traffic: &TrafficControlClient<TracedChannel>,
     route: &str,
     weights: &HashMap<String, u32>,
-) -> Result<(), String> {
+    token: u64,
+) -> Result<u64, ApplyError> {
     let mut traffic = traffic.clone();
     for _ in 0..3 {
         let current = traffic
             .get_route(traffic::GetRouteRequest { name: route.to_owned() })
             .await
-            .map_err(|status| format!("traffic unavailable: {}", status.message()))?
+            .map_err(|status| ApplyError::Failed(format!("traffic unavailable: {}", status.message())))?
             .into_inner();
+        if current.fencing_token > token {
+            return Err(ApplyError::Fenced { newest: current.fencing_token });
+        }
         let same = current.weights.iter().all(|(name, weight)| weights.get(name).copied().unwrap_or(0) == *weight);
         if same {
-            return Ok(());
+            return Ok(current.generation);
         }
         let request = traffic::SetWeightsRequest {
             route: route.to_owned(),
             weights: weights.clone(),
             expected_generation: current.generation,
+            fencing_token: token,
         };
         match traffic.set_weights(request).await {
-            Ok(_) => return Ok(()),
+            Ok(route) => return Ok(route.into_inner().generation),
+            // A lost compare-and-set, or a newer leader: the next read tells which.
             Err(status) if status.code() == Code::Aborted => continue,
-            Err(status) => return Err(format!("traffic refused the weights: {}", status.message())),
+            Err(status) => {
+                return Err(ApplyError::Failed(format!("traffic refused the weights: {}", status.message())));
+            }
         }
     }
-    Err("traffic's route keeps changing under the planner".to_owned())
+    Err(ApplyError::Failed("traffic's route keeps changing under the planner".to_owned()))
 }
 
 async fn stop_run(analysis: &AnalysisClient<TracedChannel>, id: &str) {

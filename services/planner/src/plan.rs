@@ -219,6 +219,14 @@ impl Plan {
         self.steps[..index].iter().rev().map(|step| step.weight).find(|&weight| weight < current).unwrap_or(0)
     }
 
+    /// The step that judges the stage at `weight` again after a later one failed: the last
+    /// analysed step before `before` at exactly that weight. `None` when no such step
+    /// exists, as then nothing could judge the stage again.
+    pub fn judged_step_at(&self, weight: u32, before: usize) -> Option<usize> {
+        let before = before.min(self.steps.len());
+        self.steps[..before].iter().rposition(|step| step.weight == weight && step.analysis())
+    }
+
     /// The weights map traffic takes for a canary `weight` (basis points), e.g. for a
     /// rollback to [`Plan::previous_weight`] or an abort to 0.
     pub fn weights(&self, weight: u32) -> HashMap<String, u32> {

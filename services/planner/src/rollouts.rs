@@ -135,6 +135,17 @@ impl Rollouts {
         Ok(rollouts)
     }
 
+    /// Rollouts the driver still has work for: active ones, and ended ones whose final
+    /// weights traffic has not confirmed yet.
+    pub async fn unsettled(&self) -> Result<Vec<proto::Rollout>, Error> {
+        Ok(self.list("", false).await?.into_iter().filter(Self::is_unsettled).collect())
+    }
+
+    /// Whether the driver still has work for `rollout` (see [`Rollouts::unsettled`]).
+    pub fn is_unsettled(rollout: &proto::Rollout) -> bool {
+        !machine::is_terminal(rollout.phase()) || rollout.weights_pending
+    }
+
     /// Publishes other replicas' writes until `shutdown`.
     pub async fn follow(self, shutdown: CancellationToken) {
         let mut changes = self.store.follow(shutdown);

@@ -24,7 +24,7 @@ pub use ficus_kit::status::InvalidField;
 use ficus_kit::status::{check_name, positive_duration as positive};
 use ficus_proto::{analysis::v1::AnalysisTemplate, planner::v1 as proto};
 
-pub use ficus_proto::planner::v1::FailurePolicy;
+pub use ficus_proto::planner::v1::{DeadlineAction, FailurePolicy};
 
 use crate::replicas::{Scaling, ScalingError};
 
@@ -73,6 +73,19 @@ pub struct Spec {
     pub manual_gate: bool,
     /// Replica arithmetic, when the rollout also scales.
     pub scaling: Option<Scaling>,
+    /// How long a step may be late or unjudged, and what happens then.
+    pub deadlines: Deadlines,
+}
+
+/// How long a step may take before the rollout acts on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    /// How long a step may run past its own duration; no deadline when `None`.
+    pub progress: Option<Duration>,
+    /// How long an analysed step may go without a conclusive verdict; none when `None`.
+    pub inconclusive: Option<Duration>,
+    /// What a missed deadline does.
+    pub action: DeadlineAction,
 }
 
 /// How the weight moves.
@@ -218,6 +231,7 @@ impl Spec {
         })?;
         let scaling =
             spec.scaling.as_ref().map(|scaling| scaling_budget(scaling, &format!("{field}.scaling"))).transpose()?;
+        let deadlines = deadlines(spec, field)?;
         Ok(Self {
             route: spec.route.clone(),
             stable_backend: spec.stable_backend.clone(),
@@ -228,8 +242,30 @@ impl Spec {
             failure_policy,
             manual_gate: spec.manual_gate,
             scaling,
+            deadlines,
         })
     }
+}
+
+fn deadlines(spec: &proto::RolloutSpec, field: &str) -> Result<Deadlines, InvalidField> {
+    let progress = positive(spec.progress_deadline.as_ref(), &format!("{field}.progress_deadline"))?;
+    let inconclusive = positive(spec.inconclusive_deadline.as_ref(), &format!("{field}.inconclusive_deadline"))?;
+    let action = DeadlineAction::try_from(spec.deadline_action).map_err(|_| {
+        InvalidField::new(
+            format!("{field}.deadline_action"),
+            format!(
+                "unknown value {}; use DEADLINE_ACTION_PAUSE, DEADLINE_ACTION_ABORT or DEADLINE_ACTION_ROLL_BACK",
+                spec.deadline_action
+            ),
+        )
+    })?;
+    if inconclusive.is_some() && spec.analysis.is_none() {
+        return Err(InvalidField::new(
+            format!("{field}.inconclusive_deadline"),
+            "the rollout has no analysis, so no step can be inconclusive",
+        ));
+    }
+    Ok(Deadlines { progress, inconclusive, action })
 }
 
 /// The spec's `baseline_backend`: a name of its own, and not with blue-green, which has no

@@ -13,7 +13,7 @@ use ficus_proto::{
 };
 use ficus_testkit::{RedisServer, ServiceProcess, wait_until};
 use futures::StreamExt;
-use support::{PASS, Peers, create, secs, strangler, until};
+use support::{FAIL, PASS, Peers, create, secs, strangler, until};
 
 /// Records every canary weight traffic applies, in order.
 fn record_weights(peers: &Peers) -> Arc<Mutex<Vec<u32>>> {
@@ -86,6 +86,80 @@ async fn a_planner_killed_mid_stage_resumes_at_the_same_step() {
     peers.stop().await;
 }
 
+/// What ends the rollout while traffic is unreachable.
+#[derive(Clone, Copy, Debug)]
+enum Decision {
+    /// The 5% stage's analysis fails.
+    Fail,
+    /// An operator aborts.
+    Abort,
+}
+
+/// A decision recorded while traffic is down, then the planner killed with SIGKILL before
+/// traffic comes back: once both run again, traffic must get the decision's weights.
+async fn a_decision_lands_after_an_outage_and_a_kill(decision: Decision) {
+    let mut peers = Peers::start().await;
+    let store = peers.data.path().join("planner").display().to_string();
+    let mut first = planner_process(&peers, &store, "first");
+    first.wait_serving(PLANNER, secs(30)).await;
+    let mut api = client(&first);
+    let verdict = match decision {
+        Decision::Fail => FAIL,
+        Decision::Abort => PASS,
+    };
+    let mut spec = strangler(&[(5.0, secs(60)), (100.0, secs(1))], &[(100.0, verdict)], support_policy(), false);
+    // The first verdict comes after traffic is already down.
+    if let Some(analysis) = spec.analysis.as_mut() {
+        analysis.initial_delay = Some(secs(3).into());
+    }
+    let rollout = create(&mut api, spec).await;
+    until(&api, &rollout.id, secs(30), |r| r.step == 1).await;
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 500 }).await;
+
+    peers.stop_traffic().await;
+    if let Decision::Abort = decision {
+        api.abort(proto::AbortRequest { id: rollout.id.clone(), reason: "bad release".into() }).await.expect("abort");
+    }
+    let decided =
+        until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::RolledBack || r.phase() == Phase::Aborted).await;
+    assert_eq!(decided.weights["k8s"], 0, "{decision:?} sends every request to stable");
+    assert!(decided.weights_pending, "traffic is down: the weights cannot have been applied");
+    first.kill();
+    first.wait_exit(secs(10)).await;
+
+    peers.restart_traffic().await;
+    assert_eq!(peers.canary_weight().await, 500, "the decision never reached traffic before the kill");
+    let mut second = planner_process(&peers, &store, "second");
+    second.wait_serving(PLANNER, secs(30)).await;
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 0 }).await;
+    let api = client(&second);
+    let applied = until(&api, &rollout.id, secs(10), |r| !r.weights_pending).await;
+    assert_eq!(
+        applied.applied_generation,
+        route(&peers).await.generation,
+        "the rollout names the generation that carries it"
+    );
+    assert_eq!(applied.phase(), decided.phase(), "applying changes no decision");
+    second.terminate();
+    second.wait_exit(secs(20)).await;
+    peers.stop().await;
+}
+
+#[tokio::test]
+async fn a_rollback_recorded_while_traffic_is_down_lands_after_a_kill() {
+    a_decision_lands_after_an_outage_and_a_kill(Decision::Fail).await;
+}
+
+#[tokio::test]
+async fn an_abort_recorded_while_traffic_is_down_lands_after_a_kill() {
+    a_decision_lands_after_an_outage_and_a_kill(Decision::Abort).await;
+}
+
+async fn route(peers: &Peers) -> traffic::Route {
+    let request = traffic::GetRouteRequest { name: "checkout".into() };
+    peers.traffic_api.clone().get_route(request).await.expect("route").into_inner()
+}
+
 fn support_policy() -> proto::FailurePolicy {
     proto::FailurePolicy::RollbackToPreviousStage
 }
@@ -114,6 +188,8 @@ async fn with_two_replicas_on_redis_one_drives_and_the_other_takes_over() {
     let rollout = create(&mut api, spec).await;
     until(&api, &rollout.id, secs(30), |r| r.weights.get("k8s") == Some(&5_000)).await;
     assert_eq!(lease_holder(&store).await.as_deref(), Some(leader.as_str()), "one replica holds the lease throughout");
+    let old_token = route(&peers).await.fencing_token;
+    assert!(old_token > 0, "the leader's weights carry its fencing token");
 
     replicas[leading].kill();
     replicas[leading].wait_exit(secs(10)).await;
@@ -125,6 +201,18 @@ async fn with_two_replicas_on_redis_one_drives_and_the_other_takes_over() {
         .expect("promote");
     until(&api, &rollout.id, secs(60), |r| r.phase() == Phase::Succeeded).await;
     ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 10_000 }).await;
+    assert!(route(&peers).await.fencing_token > old_token, "the new leader's token is newer");
+
+    // The old leader, had it only been paused, would send its weights late: refused.
+    let late = traffic::SetWeightsRequest {
+        route: "checkout".into(),
+        weights: [("legacy".to_owned(), 5_000), ("k8s".to_owned(), 5_000)].into(),
+        expected_generation: 0,
+        fencing_token: old_token,
+    };
+    let refused = peers.traffic_api.clone().set_weights(late).await.expect_err("a superseded leader's weights");
+    assert_eq!(refused.code(), tonic::Code::Aborted);
+    assert_eq!(peers.canary_weight().await, 10_000, "the refused write changed nothing");
     replicas[other].terminate();
     replicas[other].wait_exit(secs(20)).await;
     peers.stop().await;

@@ -48,7 +48,7 @@ async fn passing_stages_promote_to_one_hundred_percent() {
 }
 
 #[tokio::test]
-async fn a_failing_stage_rolls_back_to_the_previous_one_within_a_second() {
+async fn a_failing_stage_steps_back_within_a_second_and_holds_where_it_passes_again() {
     let peers = Peers::start().await;
     let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
     let spec = strangler(
@@ -58,10 +58,11 @@ async fn a_failing_stage_rolls_back_to_the_previous_one_within_a_second() {
         false,
     );
     let rollout = create(&mut api, spec).await;
-    let ended = until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::RolledBack).await;
-    assert_eq!(ended.weights["k8s"], 2_000, "back at 20%, not 0");
+    let back = until(&api, &rollout.id, secs(30), |r| r.stepped_back_from == 5_000).await;
+    assert_eq!((back.phase(), back.weights["k8s"]), (Phase::Progressing, 2_000), "back at 20%, judged again");
     ficus_testkit::eventually(secs(5), || async { peers.canary_weight().await == 2_000 }).await;
-    let verdict = ended.last_verdict.as_ref().expect("the failing verdict is kept");
+    let failure = back.history.last().expect("the step back is in the history");
+    let verdict = failure.verdict.as_ref().expect("with the failing verdict");
     assert_eq!(verdict.outcome(), ficus_proto::analysis::v1::Outcome::Fail);
     let route = peers
         .traffic_api
@@ -73,12 +74,105 @@ async fn a_failing_stage_rolls_back_to_the_previous_one_within_a_second() {
     let judged = verdict.judged_at.as_ref().and_then(time::system_time).expect("judged at");
     let applied = route.updated_at.as_ref().and_then(time::system_time).expect("updated at");
     let reaction = applied.duration_since(judged).unwrap_or_default();
-    assert!(reaction < Duration::from_secs(1), "from FAIL to rolled-back weights took {reaction:?}");
+    assert!(reaction < Duration::from_secs(1), "from FAIL to stepped-back weights took {reaction:?}");
     println!("rollback reaction: {reaction:?}");
+
+    // 20% passes its whole window again: held there for an operator, not promoted to 50%.
+    let held = until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::Paused).await;
+    assert_eq!(held.weights["k8s"], 2_000);
+    assert!(held.message.contains("50%") && held.message.contains("resume"), "{}", held.message);
+    assert!(!held.weights_pending, "traffic confirmed the weights");
+    let aborted = api
+        .abort(proto::AbortRequest { id: rollout.id.clone(), reason: "looking into it".into() })
+        .await
+        .expect("abort")
+        .into_inner();
+    assert_eq!(aborted.phase(), Phase::Aborted);
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 0 }).await;
 
     // The route is free again for the next attempt.
     let again = strangler(&[(20.0, secs(60))], &[(100.0, PASS)], POLICY_ROLLBACK, false);
     create(&mut api, again).await;
+    stop.cancel();
+    planner.wait().await.expect("planner stops");
+    peers.stop().await;
+}
+
+#[tokio::test]
+async fn a_stage_still_failing_after_a_step_back_steps_back_again_down_to_zero() {
+    let peers = Peers::start().await;
+    let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
+    // Failing everywhere; 20% is promoted by hand before its first verdict, so that 50%
+    // fails first and 20% is judged only after the step back.
+    let mut spec =
+        strangler(&[(20.0, secs(30)), (50.0, secs(30)), (100.0, secs(1))], &[(100.0, FAIL)], POLICY_ROLLBACK, false);
+    if let Some(analysis) = spec.analysis.as_mut() {
+        analysis.initial_delay = Some(secs(3).into());
+    }
+    let rollout = create(&mut api, spec).await;
+    // Step 1 observes 20% (step 0 sets it).
+    let at_twenty = until(&api, &rollout.id, secs(30), |r| r.step == 1).await;
+    api.promote(proto::PromoteRequest { id: rollout.id.clone(), full: false, reason: String::new() })
+        .await
+        .expect("promote");
+    let ended = until(&api, &rollout.id, secs(60), |r| r.phase() == Phase::RolledBack).await;
+    assert!(at_twenty.last_verdict.is_none(), "20% was promoted before it was judged");
+    assert_eq!(ended.weights["k8s"], 0);
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 0 }).await;
+    let failed: Vec<u32> = ended
+        .history
+        .iter()
+        .filter(|entry| entry.verdict.as_ref().is_some_and(|v| v.outcome() == ficus_proto::analysis::v1::Outcome::Fail))
+        .map(|entry| entry.weights["k8s"])
+        .collect();
+    assert_eq!(failed, [2_000, 0], "50% failed and went back to 20%, which failed and went back to 0");
+    stop.cancel();
+    planner.wait().await.expect("planner stops");
+    peers.stop().await;
+}
+
+#[tokio::test]
+async fn an_inconclusive_deadline_takes_each_configured_action() {
+    let peers = Peers::start().await;
+    let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
+    let cases = [
+        (proto::DeadlineAction::Pause, Phase::Paused, 2_000),
+        (proto::DeadlineAction::Abort, Phase::Aborted, 0),
+        (proto::DeadlineAction::RollBack, Phase::RolledBack, 0),
+    ];
+    for (action, phase, weight) in cases {
+        let mut spec =
+            strangler(&[(20.0, secs(60)), (100.0, secs(1))], &[(100.0, INCONCLUSIVE)], POLICY_ROLLBACK, false);
+        spec.inconclusive_deadline = Some(secs(3).into());
+        spec.deadline_action = action.into();
+        let rollout = create(&mut api, spec).await;
+        let acted = until(&api, &rollout.id, secs(30), |r| r.phase() == phase).await;
+        assert_eq!(acted.weights["k8s"], weight, "{action:?}");
+        assert!(acted.message.contains("inconclusive deadline"), "{action:?}: {}", acted.message);
+        ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == weight }).await;
+        if phase == Phase::Paused {
+            api.abort(proto::AbortRequest { id: rollout.id.clone(), reason: String::new() }).await.expect("abort");
+            ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 0 }).await;
+        }
+    }
+    stop.cancel();
+    planner.wait().await.expect("planner stops");
+    peers.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_past_its_progress_deadline_is_acted_on() {
+    let peers = Peers::start().await;
+    let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
+    // Conclusive but never passing in time: INCONCLUSIVE is what keeps a window from passing,
+    // so the progress deadline (window + 2 s) fires, not the inconclusive one (unset).
+    let mut spec = strangler(&[(20.0, secs(1)), (100.0, secs(1))], &[(100.0, INCONCLUSIVE)], POLICY_ROLLBACK, false);
+    spec.progress_deadline = Some(secs(2).into());
+    spec.deadline_action = proto::DeadlineAction::Abort.into();
+    let rollout = create(&mut api, spec).await;
+    let acted = until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::Aborted).await;
+    assert!(acted.message.contains("progress deadline"), "{}", acted.message);
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 0 }).await;
     stop.cancel();
     planner.wait().await.expect("planner stops");
     peers.stop().await;

@@ -22,6 +22,16 @@ pub enum Error {
         /// The route's generation now, `None` when it no longer exists.
         current: Option<u64>,
     },
+    /// Weights from a planner whose lease was superseded; nothing changed.
+    #[error("route `{route}` has weights from a newer planner lease (fencing token {newest}); token {token} is stale")]
+    Fenced {
+        /// Route name.
+        route: String,
+        /// The caller's token.
+        token: u64,
+        /// The newest token the route has seen.
+        newest: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -50,6 +60,7 @@ impl From<Error> for Status {
             Error::Invalid(invalid) => invalid.into(),
             Error::NotFound(_) => Status::not_found(error.to_string()),
             Error::Conflict { current, .. } => status::version_conflict(error.to_string(), current),
+            Error::Fenced { .. } => Status::aborted(error.to_string()),
             Error::Store(error) => error.into(),
             Error::Corrupt { .. } => Status::data_loss(error.to_string()),
             Error::Serve(_) => Status::internal(error.to_string()),

@@ -114,7 +114,9 @@ impl TrafficControl for TrafficService {
         ficus_kit::auth::audit::note(&request);
         let request = request.into_inner();
         Ok(Response::new(
-            self.registry.set_weights(&request.route, &request.weights, request.expected_generation).await?,
+            self.registry
+                .set_weights(&request.route, &request.weights, request.expected_generation, request.fencing_token)
+                .await?,
         ))
     }
 

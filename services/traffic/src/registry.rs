@@ -43,24 +43,39 @@ impl Registry {
 
     /// Creates or replaces a route.
     pub async fn put(&self, route: &proto::Route, expected_generation: u64) -> Result<proto::Route, Error> {
-        let candidate = Route::from_proto(route, "route", 0)?;
+        let mut candidate = Route::from_proto(route, "route", 0)?;
         self.check_match_is_unique(&candidate)?;
+        // A replaced route keeps its fence: an operator's edit must not let a planner that
+        // lost its lease write weights again.
+        if let Some((existing, _)) = self.read(&candidate.name).await? {
+            candidate.fencing_token = existing.fencing_token;
+        }
         let expect = if expected_generation == 0 { Expect::Any } else { Expect::Version(expected_generation) };
         self.write(candidate, expect).await
     }
 
-    /// Replaces only the weights of a route.
+    /// Replaces only the weights of a route; `fencing_token` is the planner lease's (0 for
+    /// callers that are not a planner).
     pub async fn set_weights(
         &self,
         name: &str,
         weights: &HashMap<String, u32>,
         expected_generation: u64,
+        fencing_token: u64,
     ) -> Result<proto::Route, Error> {
         for _ in 0..UNCONDITIONAL_RETRIES {
             let (mut route, _) = self.read(name).await?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            if fencing_token != 0 && fencing_token < route.fencing_token {
+                return Err(Error::Fenced {
+                    route: name.to_owned(),
+                    token: fencing_token,
+                    newest: route.fencing_token,
+                });
+            }
             if expected_generation != 0 && route.generation != expected_generation {
                 return Err(Error::Conflict { route: name.to_owned(), current: Some(route.generation) });
             }
+            route.fencing_token = route.fencing_token.max(fencing_token);
             route.weights = route.weights_from(weights, "weights")?;
             if let Some(target) = &route.kubernetes {
                 target.check_expressible(&route, "route.kubernetes", "weights")?;
@@ -199,6 +214,7 @@ fn decode(entry: &Entry) -> Result<(Route, Option<pbjson_types::Timestamp>), Err
     let name = entry.key.strip_prefix(PREFIX).unwrap_or(&entry.key).to_owned();
     let corrupt = |reason: String| Error::Corrupt { route: name.clone(), reason };
     let stored = proto::Route::decode(entry.value.as_slice()).map_err(|error| corrupt(error.to_string()))?;
-    let route = Route::from_proto(&stored, "route", entry.version).map_err(|error| corrupt(error.to_string()))?;
+    let mut route = Route::from_proto(&stored, "route", entry.version).map_err(|error| corrupt(error.to_string()))?;
+    route.fencing_token = stored.fencing_token;
     Ok((route, stored.updated_at))
 }

@@ -37,6 +37,9 @@ pub struct Route {
     pub generation: u64,
     /// The Kubernetes object that carries the route too, if any.
     pub kubernetes: Option<crate::adapters::kubernetes::Target>,
+    /// The newest planner lease token that set the weights: weights sent with an older
+    /// one are refused. Kept by the server; requests cannot set it.
+    pub fencing_token: u64,
 }
 
 /// Which requests a route takes.
@@ -222,6 +225,7 @@ impl Route {
             sticky: None,
             mirror: None,
             generation,
+            fencing_token: 0,
             kubernetes: None,
         };
         built.weights = built.weights_from(&route.weights, &format!("{field}.weights"))?;
@@ -337,6 +341,7 @@ impl Route {
                 basis_points: mirror.basis_points,
             }),
             generation: self.generation,
+            fencing_token: self.fencing_token,
             updated_at,
             kubernetes: self.kubernetes.as_ref().map(|target| target.to_proto(self)),
             kubernetes_status: None,

@@ -59,6 +59,7 @@ async fn bad_routes_are_refused_with_the_field_path_and_change_nothing() {
             route: "checkout".into(),
             weights: [("stable".to_owned(), 1), ("canary".to_owned(), 1)].into(),
             expected_generation: 0,
+            fencing_token: 0,
         })
         .await
         .expect_err("bad weights accepted");
@@ -86,6 +87,7 @@ async fn a_stale_generation_is_aborted_with_the_current_one() {
             route: "checkout".into(),
             weights: [("stable".to_owned(), 0), ("canary".to_owned(), 10_000)].into(),
             expected_generation: created.generation,
+            fencing_token: 0,
         })
         .await
         .expect_err("stale write accepted");
@@ -96,6 +98,41 @@ async fn a_stale_generation_is_aborted_with_the_current_one() {
     let status =
         traffic.api.get_route(proto::GetRouteRequest { name: "nope".into() }).await.expect_err("unknown route found");
     assert_eq!(status.code(), Code::NotFound);
+    traffic.stop().await;
+}
+
+#[tokio::test]
+async fn weights_from_a_superseded_planner_lease_are_refused_and_change_nothing() {
+    let mut traffic = Traffic::start().await;
+    let created = traffic
+        .put(route("checkout", "127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"), 0))
+        .await;
+    let weights = |canary: u32| [("stable".to_owned(), 10_000 - canary), ("canary".to_owned(), canary)].into();
+    let api = traffic.api.clone();
+    let set = move |canary: u32, fencing_token: u64| {
+        let request = proto::SetWeightsRequest {
+            route: "checkout".into(),
+            weights: weights(canary),
+            expected_generation: 0,
+            fencing_token,
+        };
+        let mut api = api.clone();
+        async move { api.set_weights(request).await }
+    };
+    let newer = set(2_000, 200).await.expect("the newest leader's weights").into_inner();
+    assert_eq!(newer.fencing_token, 200);
+    let status = set(500, 100).await.expect_err("a paused old leader's late weights");
+    assert_eq!(status.code(), Code::Aborted);
+    assert!(status.message().contains("100") && status.message().contains("200"), "{}", status.message());
+    // An operator (no token) still moves the route; the fence stays, also over a PutRoute.
+    set(3_000, 0).await.expect("an operator's weights");
+    let replaced = traffic.put(created.clone()).await;
+    assert_eq!(replaced.fencing_token, 200, "a replaced route keeps its fence");
+    assert_eq!(set(500, 150).await.expect_err("still stale").code(), Code::Aborted);
+    let route =
+        traffic.api.get_route(proto::GetRouteRequest { name: "checkout".into() }).await.expect("route").into_inner();
+    assert_eq!(route.weights["canary"], created.weights["canary"], "refused weights changed nothing");
+    set(5_000, 200).await.expect("the same leader again");
     traffic.stop().await;
 }
 

@@ -28,6 +28,7 @@ fn weights(canary: u32) -> proto::SetWeightsRequest {
         route: "web".into(),
         weights: [("stable".to_owned(), 10_000 - canary), ("canary".to_owned(), canary)].into(),
         expected_generation: 0,
+        fencing_token: 0,
     }
 }
 

@@ -277,6 +277,7 @@ async fn istio_routes_weights_rules_and_mirror() {
             route: istio.name.clone(),
             weights: [("stable".to_owned(), 9_950), ("canary".to_owned(), 50)].into(),
             expected_generation: 0,
+            fencing_token: 0,
         })
         .await
         .expect_err("half a percent accepted for Istio");
@@ -313,6 +314,7 @@ async fn a_service_selector_switches_atomically_for_blue_green() {
             route: name.clone(),
             weights: [("stable".to_owned(), 5_000), ("canary".to_owned(), 5_000)].into(),
             expected_generation: 0,
+            fencing_token: 0,
         })
         .await
         .expect_err("a split accepted for a Service switch");

@@ -57,6 +57,7 @@ async fn route_changes_through_the_api_reach_nginx() {
         route: "checkout".into(),
         weights: [("stable".to_owned(), 10_000), ("canary".to_owned(), 0)].into(),
         expected_generation: 0,
+        fencing_token: 0,
     })
     .await
     .expect("weights");

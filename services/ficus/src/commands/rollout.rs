@@ -285,6 +285,7 @@ pub fn details(rollout: &proto::Rollout) -> String {
         .field("phase", rollout.phase().as_str_name())
         .field("step", format!("{} {}", step_of(rollout), step_description(rollout)).trim_end())
         .field("weights", weights_of(rollout))
+        .field("applied", applied_of(rollout))
         .field("failure policy", spec.failure_policy().as_str_name())
         .field("manual gate", output::flag(spec.manual_gate));
     if let Some(verdict) = &rollout.last_verdict {
@@ -308,7 +309,39 @@ pub fn details(rollout: &proto::Rollout) -> String {
         text.push_str("\nPlan:\n");
         text.push_str(&super::plan::render(plan, Some(rollout.step)));
     }
+    if !rollout.history.is_empty() {
+        text.push_str("\nHistory:\n");
+        text.push_str(&history_table(rollout).to_string());
+    }
     text
+}
+
+/// Whether traffic carries the rollout's weights, and since which route generation.
+fn applied_of(rollout: &proto::Rollout) -> String {
+    match (rollout.weights_pending, rollout.pending_reason.as_str()) {
+        (false, _) if rollout.applied_generation == 0 => "-".to_owned(),
+        (false, _) => format!("yes, route generation {}", rollout.applied_generation),
+        (true, "") => "pending".to_owned(),
+        (true, why) => format!("pending: {why}"),
+    }
+}
+
+/// Every decision of the rollout, oldest first.
+fn history_table(rollout: &proto::Rollout) -> Table {
+    let mut table = Table::new(["AT", "PHASE", "STEP", "WEIGHTS", "VERDICT", "REASON"]);
+    for entry in &rollout.history {
+        let weights =
+            proto::Rollout { weights: entry.weights.clone(), spec: rollout.spec.clone(), ..Default::default() };
+        table.row([
+            output::timestamp(entry.at.as_ref()),
+            format!("{} -> {}", entry.from_phase().as_str_name(), entry.to_phase().as_str_name()),
+            entry.step.to_string(),
+            weights_of(&weights),
+            entry.verdict.as_ref().map_or_else(|| "-".to_owned(), |verdict| verdict.outcome().as_str_name().to_owned()),
+            entry.reason.clone(),
+        ]);
+    }
+    table
 }
 
 /// Rollouts as a table, for `rollout list`.

@@ -128,6 +128,7 @@ pub async fn run(globals: &Globals, command: RouteCommand, out: &mut (dyn Write 
                 route: name,
                 weights: map,
                 expected_generation: expected_generation.unwrap_or(0),
+                fencing_token: 0,
             };
             api.set_weights(request).await.map_err(|status| traffic.error(status))?.into_inner()
         }

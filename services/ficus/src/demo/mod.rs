@@ -5,7 +5,8 @@
 //! population of users with stable ids browses through the proxy while a strangler
 //! migration moves them 5, 20, 50, 80, 100% to `v2`, judged at every stage. Then a second
 //! migration starts, `v2` turns faulty after its 20% stage, and the planner rolls it back
-//! on the analysis verdict. The summary checks the promises: no user lost a session, no
+//! on the analysis verdicts, a stage at a time: from 50% to 20%, judged again there and
+//! still faulty, on down to 0. The summary checks the promises: no user lost a session, no
 //! user moved back while the weight only rose, the migration finished, the bad release
 //! was rolled back.
 
@@ -145,9 +146,10 @@ pub struct Summary {
     pub migration_time: Duration,
     /// How the faulty release's migration ended.
     pub faulty: Phase,
-    /// The canary weight the faulty release was rolled back to, in basis points.
-    pub rolled_back_to: u32,
-    /// From turning `v2` faulty to traffic's weights rolled back.
+    /// The faulty release's canary weights from its first failed stage down, one per step
+    /// back, in basis points (e.g. 50%, 20%, 5%, 0%).
+    pub stepped_back: Vec<u32>,
+    /// From turning `v2` faulty to the first step back.
     pub fault_to_rollback: Option<Duration>,
     /// What the users saw.
     pub observed: Observed,
@@ -158,6 +160,7 @@ impl Summary {
     pub fn promises_kept(&self) -> bool {
         self.migration == Phase::Succeeded
             && self.faulty == Phase::RolledBack
+            && self.stepped_back.last() == Some(&0)
             && self.observed.lost_sessions == 0
             && self.observed.flips == 0
     }
@@ -168,12 +171,15 @@ impl fmt::Display for Summary {
         let o = &self.observed;
         writeln!(f, "\nficus demo summary")?;
         writeln!(f, "  migration legacy -> new:      {} in {:.0?}", self.migration.as_str_name(), self.migration_time)?;
+        let path: Vec<String> = self.stepped_back.iter().map(|weight| format!("{}%", weight / 100)).collect();
         writeln!(
             f,
-            "  faulty release:               {}, back to {}%{}",
+            "  faulty release:               {}, {}{}",
             self.faulty.as_str_name(),
-            self.rolled_back_to / 100,
-            self.fault_to_rollback.map(|d| format!(", {d:.1?} from the fault to the rollback")).unwrap_or_default()
+            path.join(" -> "),
+            self.fault_to_rollback
+                .map(|d| format!(", {d:.1?} from the fault to the first step back"))
+                .unwrap_or_default()
         )?;
         writeln!(f, "  requests on legacy (v1):      {} ({} errors)", o.legacy.requests, o.legacy.errors)?;
         writeln!(f, "  requests on new (v2):         {} ({} errors)", o.new.requests, o.new.errors)?;
@@ -320,7 +326,12 @@ async fn play(pace: &Pace, scene: Scene) -> Result<Summary, DemoError> {
     users.forget_sides();
     let weights = HashMap::from([("legacy".to_owned(), 10_000), ("new".to_owned(), 0)]);
     traffic_api
-        .set_weights(traffic::SetWeightsRequest { route: "shop".into(), weights, expected_generation: 0 })
+        .set_weights(traffic::SetWeightsRequest {
+            route: "shop".into(),
+            weights,
+            expected_generation: 0,
+            fencing_token: 0,
+        })
         .await
         .map_err(call("reset weights"))?;
     users.forget_sides();
@@ -334,34 +345,48 @@ async fn play(pace: &Pace, scene: Scene) -> Result<Summary, DemoError> {
     let fault = (pace.fault_percent * 10.0).round().clamp(0.0, 1000.0) as u32;
     let mut events = watch(&mut planner_api, &id).await?;
     let mut faulty = Phase::Unspecified;
+    let mut first_step_back = None;
+    let mut highest = 0;
     while let Some(rollout) = next(&mut events).await? {
-        if fault_at.is_none() && rollout.weights.get("new").copied().unwrap_or(0) > 2_000 {
+        let weight = rollout.weights.get("new").copied().unwrap_or(0);
+        if fault_at.is_none() && weight > 2_000 {
             app::request_fault(&new, fault).await?;
             users.set_rising(false);
             fault_at = Some(Instant::now());
             println!("  v2 is now faulty");
         }
+        if first_step_back.is_none() && weight < highest {
+            first_step_back = Some(Instant::now());
+        }
+        highest = highest.max(weight);
         faulty = rollout.phase();
     }
-    let rolled_back_at = Instant::now();
-    let rolled_back_to = planner_api
+    let ended = planner_api
         .get_rollout(planner::GetRolloutRequest { id: id.clone() })
         .await
         .map_err(call("get rollout"))?
-        .into_inner()
-        .weights
-        .get("new")
-        .copied()
-        .unwrap_or(0);
+        .into_inner();
     let observed = users.stop().await;
     Ok(Summary {
         migration,
         migration_time,
         faulty,
-        rolled_back_to,
-        fault_to_rollback: fault_at.map(|at| rolled_back_at.duration_since(at)),
+        stepped_back: steps_back(&ended),
+        fault_to_rollback: fault_at.zip(first_step_back).map(|(fault, back)| back.saturating_duration_since(fault)),
         observed,
     })
+}
+
+/// The canary weights of `rollout` from the stage that first failed down through each step
+/// back, read from its history.
+fn steps_back(rollout: &planner::Rollout) -> Vec<u32> {
+    let weight = |entry: &planner::RolloutTransition| entry.weights.get("new").copied().unwrap_or(0);
+    let failed = |entry: &planner::RolloutTransition| {
+        entry.verdict.as_ref().is_some_and(|verdict| verdict.outcome() == analysis::Outcome::Fail)
+    };
+    let Some(first) = rollout.history.iter().position(failed) else { return Vec::new() };
+    let before = first.checked_sub(1).and_then(|index| rollout.history.get(index)).map(weight);
+    before.into_iter().chain(rollout.history[first..].iter().filter(|entry| failed(entry)).map(weight)).collect()
 }
 
 /// Starts a strangler migration of route `shop` with the demo's checks, as rollout `id`.
@@ -384,6 +409,7 @@ async fn create(api: &mut PlannerClient<TracedChannel>, window: Duration, id: &s
         manual_gate: false,
         scaling: None,
         baseline_backend: String::new(),
+        ..Default::default()
     };
     let request = planner::CreateRolloutRequest { spec: Some(spec), id: id.to_owned() };
     Ok(api.create_rollout(request).await.map_err(call("create rollout"))?.into_inner().id)

@@ -221,7 +221,9 @@ impl Plane {
                     let history = history.lock();
                     history.version >= rollout.version || history.ended
                 };
-                let over = is_terminal(rollout.phase()) && recorded;
+                // The first step back is the rollback these rollouts measure; the rest of the
+                // cascade (judging the lower stage again) is the planner's own business.
+                let over = (is_terminal(rollout.phase()) || rollout.stepped_back_from > 0) && recorded;
                 (over || started.elapsed() > ROLLOUT_LIMIT).then_some(rollout)
             }
         })
@@ -292,6 +294,7 @@ pub fn strangler(route: &str, window: Duration) -> planner::RolloutSpec {
         manual_gate: false,
         scaling: None,
         baseline_backend: String::new(),
+        ..Default::default()
     }
 }
 
@@ -606,9 +609,10 @@ pub struct Ended {
 }
 
 impl Ended {
-    /// Whether analysis sent the canary's traffic back, or the rollout could not go on.
+    /// Whether analysis sent the canary's traffic back (to 0, or a stage back to be judged
+    /// again), or the rollout could not go on.
     pub fn rolled_back(&self) -> bool {
-        matches!(self.rollout.phase(), Phase::RolledBack | Phase::Failed)
+        matches!(self.rollout.phase(), Phase::RolledBack | Phase::Failed) || self.rollout.stepped_back_from > 0
     }
 
     pub fn took_text(&self) -> String {

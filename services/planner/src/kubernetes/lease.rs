@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::lease::Leadership;
 
 /// Holds or waits for Lease `name` in `namespace` until `shutdown`, reporting leadership
-/// (with the Lease's transition count as the tenure's token) on the returned channel.
+/// (with the tenure's acquire time in milliseconds as its fencing token) on the returned channel.
 pub fn run(
     client: kube::Client,
     namespace: &str,
@@ -78,7 +78,7 @@ async fn try_hold(leases: &Api<Lease>, name: &str, holder: &str, ttl: Duration) 
         return match leases.create(&PostParams::default(), &lease).await {
             Ok(_) => {
                 tracing::info!(holder, "took the leader Lease");
-                Ok(Some(1))
+                Ok(Some(token_of(now)))
             }
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
             Err(error) => Err(error),
@@ -99,12 +99,15 @@ async fn try_hold(leases: &Api<Lease>, name: &str, holder: &str, ttl: Duration) 
             return Ok(None);
         }
         spec.holder_identity = Some(holder.to_owned());
-        spec.acquire_time = Some(MicroTime(now));
+        // Tenures' tokens rise even when this clock is behind the previous holder's.
+        let previous =
+            spec.acquire_time.as_ref().and_then(|time| time.0.checked_add(SignedDuration::from_millis(1)).ok());
+        spec.acquire_time = Some(MicroTime(previous.filter(|next| *next > now).unwrap_or(now)));
         spec.lease_transitions = Some(transitions + 1);
     }
     spec.renew_time = Some(MicroTime(now));
     spec.lease_duration_seconds = Some(seconds);
-    let token = u64::try_from(spec.lease_transitions.unwrap_or(0)).unwrap_or(0) + 1;
+    let token = token_of(spec.acquire_time.as_ref().map_or(now, |time| time.0));
     match leases.replace(name, &PostParams::default(), &lease).await {
         Ok(_) => {
             if !ours {
@@ -116,6 +119,14 @@ async fn try_hold(leases: &Api<Lease>, name: &str, holder: &str, ttl: Duration) 
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
         Err(error) => Err(error),
     }
+}
+
+/// The fencing token of a tenure acquired at `acquired`: its Unix time in milliseconds,
+/// which rises with every takeover (see [`try_hold`]) and, unlike the transition count,
+/// also over a Lease that was deleted and created again, and over tokens of the store's
+/// own lease, which are drawn the same way.
+fn token_of(acquired: Timestamp) -> u64 {
+    u64::try_from(acquired.as_millisecond()).unwrap_or(0).max(1)
 }
 
 /// Hands the Lease over at once instead of making the next replica wait out its duration.

@@ -53,6 +53,7 @@ impl JsonSchema for RolloutFields {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         let name = json_schema!({"type": "string", "minLength": 1, "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"});
         let free = json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        let duration = json_schema!({"type": "string", "minLength": 1});
         json_schema!({
             "type": "object",
             "required": ["route", "stableBackend", "canaryBackend"],
@@ -68,6 +69,9 @@ impl JsonSchema for RolloutFields {
                 "failurePolicy": {"type": "string", "enum": ["FAILURE_POLICY_UNSPECIFIED", "ROLLBACK_TO_PREVIOUS_STAGE", "ABORT_TO_ZERO", "PAUSE_FOR_HUMAN"]},
                 "manualGate": {"type": "boolean"},
                 "scaling": free,
+                "progressDeadline": duration,
+                "inconclusiveDeadline": duration,
+                "deadlineAction": {"type": "string", "enum": ["DEADLINE_ACTION_PAUSE", "DEADLINE_ACTION_ABORT", "DEADLINE_ACTION_ROLL_BACK"]},
             },
         })
     }

@@ -304,3 +304,35 @@ fn durations_too_long_to_add_to_a_clock_are_refused_by_field() {
     let year = 366 * 24 * 3600;
     assert!(Spec::from_proto(&strangler(&[(20.0, Some(year))], None), "spec").is_ok());
 }
+
+#[test]
+fn deadlines_are_checked_by_field() {
+    let far = Some(pbjson_types::Duration { seconds: 1_000_000_000_000, nanos: 0 });
+    let analysed = || proto::RolloutSpec { analysis: Some(proto::AnalysisSpec::default()), ..strangler(&[], None) };
+    let mut spec = analysed();
+    spec.progress_deadline = far;
+    assert_eq!(refused(&spec), "spec.progress_deadline");
+    let mut spec = analysed();
+    spec.inconclusive_deadline = Some(pbjson_types::Duration { seconds: -5, nanos: 0 });
+    assert_eq!(refused(&spec), "spec.inconclusive_deadline");
+    let mut spec = analysed();
+    spec.deadline_action = 17;
+    assert_eq!(refused(&spec), "spec.deadline_action");
+    let mut spec = strangler(&[], None);
+    spec.inconclusive_deadline = secs(600);
+    assert_eq!(refused(&spec), "spec.inconclusive_deadline", "nothing can be inconclusive without analysis");
+
+    let mut spec = analysed();
+    spec.progress_deadline = secs(3_600);
+    spec.inconclusive_deadline = secs(600);
+    spec.deadline_action = proto::DeadlineAction::RollBack.into();
+    let deadlines = Spec::from_proto(&spec, "spec").expect("valid").deadlines;
+    assert_eq!(
+        deadlines,
+        Deadlines {
+            progress: Some(Duration::from_secs(3_600)),
+            inconclusive: Some(Duration::from_secs(600)),
+            action: DeadlineAction::RollBack,
+        }
+    );
+}

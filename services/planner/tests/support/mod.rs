@@ -20,6 +20,8 @@ pub struct Peers {
     pub shutdown: CancellationToken,
     /// Stops analysis alone, to play an outage.
     pub analysis_shutdown: CancellationToken,
+    /// Stops traffic alone, to play an outage ([`Peers::stop_traffic`]).
+    pub traffic_shutdown: CancellationToken,
     pub traffic: Running,
     pub analysis: Running,
     pub traffic_api: TrafficControlClient<Channel>,
@@ -30,12 +32,9 @@ impl Peers {
     pub async fn start() -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let shutdown = CancellationToken::new();
-        let traffic = ficus_traffic::start(
-            ficus_traffic::Config::ephemeral(data.path().join("traffic").display().to_string()),
-            shutdown.clone(),
-        )
-        .await
-        .expect("traffic starts");
+        let traffic_shutdown = shutdown.child_token();
+        let traffic =
+            ficus_traffic::start(traffic_config(&data, None), traffic_shutdown.clone()).await.expect("traffic starts");
         let analysis_shutdown = shutdown.child_token();
         let analysis = ficus_analysis::start(
             ficus_analysis::Config::ephemeral(
@@ -53,7 +52,30 @@ impl Peers {
             .put_route(traffic::PutRouteRequest { route: Some(route), expected_generation: 0 })
             .await
             .expect("route");
-        Self { shutdown, analysis_shutdown, traffic, analysis, traffic_api, data }
+        Self { shutdown, analysis_shutdown, traffic_shutdown, traffic, analysis, traffic_api, data }
+    }
+
+    /// Stops traffic, returning once its gRPC port refuses connections.
+    pub async fn stop_traffic(&self) {
+        self.traffic_shutdown.cancel();
+        let addr = self.traffic.grpc_addr;
+        ficus_testkit::eventually(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await;
+    }
+
+    /// Starts traffic again on the same address and store, after [`Peers::stop_traffic`].
+    pub async fn restart_traffic(&mut self) {
+        self.traffic_shutdown = self.shutdown.child_token();
+        let config = traffic_config(&self.data, Some(self.traffic.grpc_addr));
+        let restarted = wait_until(Duration::from_secs(20), || {
+            let (config, shutdown) = (config.clone(), self.traffic_shutdown.clone());
+            async move { ficus_traffic::start(config, shutdown).await.ok() }
+        })
+        .await;
+        let stopped = std::mem::replace(&mut self.traffic, restarted);
+        stopped.wait().await.expect("the first traffic stopped cleanly");
     }
 
     /// A planner in this process on `store`.
@@ -95,6 +117,15 @@ impl Peers {
         self.analysis.wait().await.expect("analysis stops");
         self.traffic.wait().await.expect("traffic stops");
     }
+}
+
+/// Traffic on an embedded store in `data`, its gRPC server on `grpc` or any free port.
+fn traffic_config(data: &tempfile::TempDir, grpc: Option<SocketAddr>) -> ficus_traffic::Config {
+    let mut config = ficus_traffic::Config::ephemeral(data.path().join("traffic").display().to_string());
+    if let Some(grpc) = grpc {
+        config.server.grpc_addr = grpc;
+    }
+    config
 }
 
 /// A template whose only check reads `canary` as the canary's value, failing above 0.5;
@@ -153,6 +184,7 @@ pub fn strangler(
         manual_gate,
         scaling: None,
         baseline_backend: String::new(),
+        ..Default::default()
     }
 }
 

@@ -79,6 +79,7 @@ impl Traffic {
                 route: route.into(),
                 weights: weights.iter().map(|(name, weight)| ((*name).to_owned(), *weight)).collect(),
                 expected_generation: 0,
+                fencing_token: 0,
             })
             .await
             .expect("weights accepted")
