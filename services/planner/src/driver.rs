@@ -8,7 +8,7 @@
 //! simply carries on from the stored state.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::kubernetes::scale::{Progress, Scaler};
 use crate::{
     error::Error,
-    lease::Leadership,
+    lease::{self, Claim, Leadership, Leases},
     machine::{self, Transition},
     plan::StepKind,
     rollouts::{Rollouts, plan_of},
@@ -42,7 +42,8 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How long an ended rollout's Deployments are scaled toward their final counts.
 const SETTLE_FOR: Duration = Duration::from_secs(120);
 
-/// How often the leader looks for rollouts it is not driving yet (e.g. after a takeover).
+/// How often an elected leader looks for rollouts it is not driving yet (e.g. after a
+/// takeover).
 const RESCAN: Duration = Duration::from_secs(5);
 
 /// The services a rollout moves and judges.
@@ -56,13 +57,31 @@ pub struct Peers {
     pub scaler: Option<crate::kubernetes::scale::Scaler>,
 }
 
-/// Drives every active rollout while this replica leads.
-pub async fn run(rollouts: Rollouts, peers: Peers, mut leadership: Leadership, shutdown: CancellationToken) {
+/// How this replica comes to drive rollouts.
+#[derive(Debug)]
+pub enum Drivers {
+    /// Per-rollout leases in the shared store: the replicas share the rollouts.
+    Shared(Leases),
+    /// One leader, elected through a Kubernetes Lease, drives them all.
+    Elected(Leadership),
+}
+
+/// Drives rollouts until `shutdown`: with [`Drivers::Shared`] this replica's share of
+/// them, with [`Drivers::Elected`] all of them while it leads.
+pub async fn run(rollouts: Rollouts, peers: Peers, drivers: Drivers, shutdown: CancellationToken) {
+    let mut leadership = match drivers {
+        Drivers::Shared(leases) => {
+            tokio::spawn(leases.clone().heartbeat(shutdown.clone()));
+            let rescan = leases.renew_every();
+            return lead(rollouts, peers, Claims::Shared(leases), rescan, shutdown).await;
+        }
+        Drivers::Elected(leadership) => leadership,
+    };
     loop {
         let token = *leadership.borrow_and_update();
         if let Some(token) = token {
             let tenure = shutdown.child_token();
-            let lead = lead(rollouts.clone(), peers.clone(), token, tenure.clone());
+            let lead = lead(rollouts.clone(), peers.clone(), Claims::Elected(token), RESCAN, tenure.clone());
             tokio::pin!(lead);
             loop {
                 tokio::select! {
@@ -87,16 +106,100 @@ pub async fn run(rollouts: Rollouts, peers: Peers, mut leadership: Leadership, s
     }
 }
 
-/// While leading with fencing token `token`: one task per rollout that is active or whose
-/// decided weights traffic has not confirmed yet.
-async fn lead(rollouts: Rollouts, peers: Peers, token: u64, tenure: CancellationToken) {
+/// How a replica that may drive gets the right to drive one rollout.
+enum Claims {
+    /// By claiming the rollout's lease, within this replica's fair share.
+    Shared(Leases),
+    /// As the elected leader, with the leadership's fencing token.
+    Elected(u64),
+}
+
+/// The right to drive one rollout.
+enum Tenure {
+    /// The rollout's own lease, renewed while it is driven.
+    Lease(Leases, Claim),
+    /// The leader's, which the caller ends with the leadership.
+    Elected(u64),
+}
+
+impl Claims {
+    /// How many of the `unsettled` rollouts this replica should drive.
+    async fn share(&self, unsettled: usize) -> usize {
+        match self {
+            Self::Elected(_) => usize::MAX,
+            Self::Shared(leases) => match leases.replicas().await {
+                Ok(replicas) => lease::fair_share(unsettled, replicas),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot count the live replicas");
+                    0
+                }
+            },
+        }
+    }
+
+    /// The right to drive rollout `id`, unless another replica has it.
+    async fn claim(&self, id: &str) -> Option<Tenure> {
+        let leases = match self {
+            Self::Elected(token) => return Some(Tenure::Elected(*token)),
+            Self::Shared(leases) => leases,
+        };
+        match leases.claim(id).await {
+            Ok(claim) => claim.map(|claim| Tenure::Lease(leases.clone(), claim)),
+            Err(error) => {
+                tracing::warn!(rollout = id, %error, "cannot claim the rollout's lease");
+                None
+            }
+        }
+    }
+}
+
+impl Tenure {
+    fn token(&self) -> u64 {
+        match self {
+            Self::Lease(_, claim) => claim.token,
+            Self::Elected(token) => *token,
+        }
+    }
+
+    /// Keeps the tenure until `stop`, then gives it up; cancels `stop` when the lease
+    /// cannot be renewed, as another replica may then take the rollout over.
+    async fn keep(self, id: String, stop: CancellationToken) {
+        let Self::Lease(leases, mut claim) = self else { return };
+        let mut ticks = tokio::time::interval(leases.renew_every());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    if let Err(error) = leases.renew(&mut claim).await {
+                        tracing::warn!(rollout = %id, %error, "lost the rollout's lease; stopping its driver");
+                        stop.cancel();
+                        return;
+                    }
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        leases.release(claim).await;
+    }
+}
+
+/// While allowed to drive (until `tenure`): one task per rollout that is active or whose
+/// decided weights traffic has not confirmed yet, for those this replica claims. Looks
+/// for rollouts nobody drives every `rescan` (after a replica died, its leases expire).
+async fn lead(rollouts: Rollouts, peers: Peers, claims: Claims, rescan: Duration, tenure: CancellationToken) {
     let driving: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let mut events = rollouts.subscribe();
-    let mut rescan = tokio::time::interval(RESCAN);
+    let mut rescan = tokio::time::interval(rescan);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unsettled: HashSet<String> = HashSet::new();
     loop {
         let ids: Vec<String> = tokio::select! {
             _ = rescan.tick() => match rollouts.unsettled().await {
-                Ok(unsettled) => unsettled.into_iter().map(|rollout| rollout.id).collect(),
+                Ok(found) => {
+                    unsettled = found.into_iter().map(|rollout| rollout.id).collect();
+                    unsettled.iter().cloned().collect()
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot list the rollouts to drive");
                     Vec::new()
@@ -109,16 +212,28 @@ async fn lead(rollouts: Rollouts, peers: Peers, token: u64, tenure: Cancellation
             },
             () = tenure.cancelled() => return,
         };
-        for id in ids {
-            let mut driving_now = driving.lock();
-            if driving_now.contains_key(&id) {
-                continue;
+        let new: Vec<String> = {
+            let driving = driving.lock();
+            ids.into_iter().filter(|id| !driving.contains_key(id)).collect()
+        };
+        if new.is_empty() {
+            continue;
+        }
+        unsettled.extend(new.iter().cloned());
+        let share = claims.share(unsettled.len()).await;
+        for id in new {
+            if driving.lock().len() >= share {
+                break;
             }
+            let Some(right) = claims.claim(&id).await else { continue };
             let stop = tenure.child_token();
-            driving_now.insert(id.clone(), stop.clone());
+            driving.lock().insert(id.clone(), stop.clone());
             let (rollouts, peers, driving) = (rollouts.clone(), peers.clone(), driving.clone());
+            let token = right.token();
+            tokio::spawn(right.keep(id.clone(), stop.clone()));
             tokio::spawn(async move {
-                Drive { rollouts, peers, id: id.clone(), token, stop }.run().await;
+                Drive { rollouts, peers, id: id.clone(), token, stop: stop.clone() }.run().await;
+                stop.cancel();
                 driving.lock().remove(&id);
             });
         }

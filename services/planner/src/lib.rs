@@ -6,7 +6,7 @@
 //! - [`machine`]: phases and transitions, pure;
 //! - [`rollouts`]: rollouts in the store, one active per route, and their transitions;
 //! - [`driver`]: the loop that applies weights, runs analysis and acts on verdicts;
-//! - [`lease`]: which replica drives; [`grpc`]: the `Planner` API on top.
+//! - [`lease`]: which replica drives which rollout; [`grpc`]: the `Planner` API on top.
 
 pub mod driver;
 mod error;
@@ -35,7 +35,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use self::{driver::Peers, grpc::PlannerService, rollouts::Rollouts};
+use self::{
+    driver::{Drivers, Peers},
+    grpc::PlannerService,
+    rollouts::Rollouts,
+};
 
 /// Configuration of the planner service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,8 +52,9 @@ pub struct Config {
     pub traffic: String,
     /// Address of the analysis service, which judges each stage.
     pub analysis: String,
-    /// How long a replica's leadership lasts without renewal: the longest a rollout goes
-    /// undriven after its replica dies.
+    /// How long a replica's lease on a rollout (or, with a Kubernetes Lease, its
+    /// leadership) lasts without renewal: about the longest a rollout goes undriven after
+    /// its replica dies.
     #[serde(with = "humantime_serde", default = "default_lease_ttl")]
     pub lease_ttl: Duration,
     /// The cluster whose Rollout objects the planner reconciles, and its leader Lease.
@@ -153,18 +158,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Some(settings) => Some(ficus_kit::kubernetes::client(settings.kubeconfig.as_deref()).await?),
         None => None,
     };
-    let leadership = match (&cluster, config.kubernetes.as_ref().and_then(|settings| settings.lease())) {
-        (Some(client), Some((namespace, name))) => {
-            kubernetes::lease::run(client.clone(), namespace, name, replica_name(), config.lease_ttl, shutdown.clone())
-        }
-        _ => lease::run(store.clone(), replica_name(), config.lease_ttl, shutdown.clone()),
+    let drivers = match (&cluster, config.kubernetes.as_ref().and_then(|settings| settings.lease())) {
+        (Some(client), Some((namespace, name))) => Drivers::Elected(kubernetes::lease::run(
+            client.clone(),
+            namespace,
+            name,
+            replica_name(),
+            config.lease_ttl,
+            shutdown.clone(),
+        )),
+        _ => Drivers::Shared(lease::Leases::new(store.clone(), replica_name(), config.lease_ttl)),
     };
     let peers = Peers {
         traffic: TrafficControlClient::new(traffic.clone()),
         analysis: AnalysisClient::new(analysis.clone()),
         scaler: cluster.clone().map(kubernetes::scale::Scaler::new),
     };
-    tokio::spawn(driver::run(rollouts.clone(), peers.clone(), leadership, shutdown.clone()));
+    tokio::spawn(driver::run(rollouts.clone(), peers.clone(), drivers, shutdown.clone()));
     let service = PlannerService::new(rollouts, peers.traffic, shutdown.clone());
     let routes = tonic::service::Routes::new(PlannerServer::new(service));
     let server = Server::new(ficus_proto::service_names::PLANNER, config.server, routes)

@@ -1,5 +1,6 @@
 //! A planner never loses its place: killed with SIGKILL mid-stage it resumes at the same
-//! step, and with two replicas on Redis exactly one drives and the other takes over.
+//! step; a decision made while traffic is down lands after a kill; and replicas on Redis
+//! share the rollouts, one driver each, taking over a dead replica's.
 
 mod support;
 
@@ -156,7 +157,11 @@ async fn an_abort_recorded_while_traffic_is_down_lands_after_a_kill() {
 }
 
 async fn route(peers: &Peers) -> traffic::Route {
-    let request = traffic::GetRouteRequest { name: "checkout".into() };
+    route_named(peers, "checkout").await
+}
+
+async fn route_named(peers: &Peers, name: &str) -> traffic::Route {
+    let request = traffic::GetRouteRequest { name: name.to_owned() };
     peers.traffic_api.clone().get_route(request).await.expect("route").into_inner()
 }
 
@@ -164,56 +169,106 @@ fn support_policy() -> proto::FailurePolicy {
     proto::FailurePolicy::RollbackToPreviousStage
 }
 
-async fn lease_holder(store: &Store) -> Option<String> {
-    store.get("lease/driver").await.ok().flatten().map(|entry| String::from_utf8_lossy(&entry.value).into_owned())
+async fn lease_holder(store: &Store, id: &str) -> Option<String> {
+    ficus_planner::lease::Leases::holder(store, id).await.ok().flatten()
+}
+
+/// The canary's weight on traffic's route `name`.
+async fn canary_on(peers: &Peers, name: &str) -> Option<u32> {
+    let request = traffic::GetRouteRequest { name: name.to_owned() };
+    let route = peers.traffic_api.clone().get_route(request).await.ok()?.into_inner();
+    Some(route.weights.get("k8s").copied().unwrap_or(0))
+}
+
+/// Which replica holds each of `ids`, once every one is held and its canary is at
+/// `weight` on traffic (route `checkout-{i}` for `ids[i]`), and none by `dead`.
+async fn holders(peers: &Peers, store: &Store, ids: &[String], weight: u32, dead: Option<&str>) -> Vec<String> {
+    wait_until(secs(60), || async {
+        let mut holders = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let holder =
+                lease_holder(store, id).await.filter(|holder| dead.is_none_or(|dead| !holder.starts_with(dead)))?;
+            (canary_on(peers, &format!("checkout-{i}")).await? == weight).then_some(())?;
+            holders.push(holder);
+        }
+        Some(holders)
+    })
+    .await
 }
 
 #[tokio::test]
-async fn with_two_replicas_on_redis_one_drives_and_the_other_takes_over() {
+async fn three_replicas_on_redis_share_thirty_rollouts_and_take_over_a_dead_ones() {
     let redis = RedisServer::new();
     let peers = Peers::start().await;
-    let mut replicas =
-        vec![planner_process(&peers, &redis.url(), "replica-a"), planner_process(&peers, &redis.url(), "replica-b")];
+    let names = ["replica-a", "replica-b", "replica-c"];
+    let mut replicas: Vec<ServiceProcess> =
+        names.iter().map(|name| planner_process(&peers, &redis.url(), name)).collect();
     for replica in &mut replicas {
         replica.wait_serving(PLANNER, secs(30)).await;
     }
     let store = Store::open(&redis.url(), "planner").await.expect("store");
-    let leader = wait_until(secs(15), || async { lease_holder(&store).await }).await;
-    let (leading, other) = if leader.starts_with("replica-a") { (0, 1) } else { (1, 0) };
+    let mut api = client(&replicas[0]);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let name = format!("checkout-{i}");
+        let mut route = ficus_testkit::route::two_backends(&name, ("legacy", "127.0.0.1:1"), ("k8s", "127.0.0.1:2"), 0);
+        route.r#match = Some(traffic::RouteMatch { hosts: Vec::new(), path_prefix: format!("/{name}") });
+        let request = traffic::PutRouteRequest { route: Some(route), expected_generation: 0 };
+        peers.traffic_api.clone().put_route(request).await.expect("route");
+        let mut spec = strangler(&[(20.0, secs(600)), (100.0, secs(1))], &[(100.0, PASS)], support_policy(), false);
+        spec.route = name;
+        ids.push(create(&mut api, spec).await.id);
+    }
 
-    // Created through the replica that does not drive: it is still driven, by the leader.
-    let mut api = client(&replicas[other]);
-    let spec =
-        strangler(&[(20.0, secs(2)), (50.0, secs(30)), (100.0, secs(1))], &[(100.0, PASS)], support_policy(), false);
-    let rollout = create(&mut api, spec).await;
-    until(&api, &rollout.id, secs(30), |r| r.weights.get("k8s") == Some(&5_000)).await;
-    assert_eq!(lease_holder(&store).await.as_deref(), Some(leader.as_str()), "one replica holds the lease throughout");
-    let old_token = route(&peers).await.fencing_token;
-    assert!(old_token > 0, "the leader's weights carry its fencing token");
+    // Every rollout driven by one replica, the thirty spread over all three.
+    let before = holders(&peers, &store, &ids, 2_000, None).await;
+    for name in names {
+        let share = before.iter().filter(|holder| holder.starts_with(name)).count();
+        assert!((5..=10).contains(&share), "{name} drives {share} of 30: {before:?}");
+    }
 
-    replicas[leading].kill();
-    replicas[leading].wait_exit(secs(10)).await;
-    let taken = wait_until(secs(10), || async { lease_holder(&store).await.filter(|holder| *holder != leader) }).await;
-    assert!(taken.starts_with(if other == 0 { "replica-a" } else { "replica-b" }), "{taken}");
-    // The survivor carries on: promote past the long stage and watch it finish.
-    api.promote(proto::PromoteRequest { id: rollout.id.clone(), full: false, reason: String::new() })
-        .await
-        .expect("promote");
-    until(&api, &rollout.id, secs(60), |r| r.phase() == Phase::Succeeded).await;
-    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 10_000 }).await;
-    assert!(route(&peers).await.fencing_token > old_token, "the new leader's token is newer");
+    // One replica dies: the others claim its rollouts once its leases expire (2 s).
+    let victim = 0;
+    let orphan = before.iter().position(|holder| holder.starts_with(names[victim])).expect("the victim drove some");
+    let orphan_route = format!("checkout-{orphan}");
+    let old_token = route_named(&peers, &orphan_route).await.fencing_token;
+    assert!(old_token > 0, "the driver's weights carry its fencing token");
+    replicas[victim].kill();
+    replicas[victim].wait_exit(secs(10)).await;
+    let killed = std::time::Instant::now();
+    let after = holders(&peers, &store, &ids, 2_000, Some(names[victim])).await;
+    let took = killed.elapsed();
+    println!("the dead replica's rollouts were claimed again {took:?} after the kill");
+    assert!(took < secs(10), "taken over {took:?} after the kill, with a 2 s lease");
+    let kept = before.iter().zip(&after).filter(|(was, is)| !was.starts_with(names[victim]) && was != is).count();
+    assert_eq!(kept, 0, "the survivors kept their own rollouts: {before:?} then {after:?}");
 
-    // The old leader, had it only been paused, would send its weights late: refused.
+    // The survivors carry every rollout on: promoted past the long stage, all finish.
+    let mut api = client(&replicas[1]);
+    for id in &ids {
+        api.promote(proto::PromoteRequest { id: id.clone(), full: false, reason: String::new() })
+            .await
+            .expect("promote");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let done = until(&api, id, secs(60), |r| r.phase() == Phase::Succeeded && !r.weights_pending).await;
+        assert_eq!(canary_on(&peers, &format!("checkout-{i}")).await, Some(10_000), "{}", done.message);
+    }
+    assert!(route_named(&peers, &orphan_route).await.fencing_token > old_token, "the new driver's token is newer");
+
+    // The dead driver, had it only been paused, would send its weights late: refused.
     let late = traffic::SetWeightsRequest {
-        route: "checkout".into(),
+        route: orphan_route.clone(),
         weights: [("legacy".to_owned(), 5_000), ("k8s".to_owned(), 5_000)].into(),
         expected_generation: 0,
         fencing_token: old_token,
     };
-    let refused = peers.traffic_api.clone().set_weights(late).await.expect_err("a superseded leader's weights");
+    let refused = peers.traffic_api.clone().set_weights(late).await.expect_err("a superseded driver's weights");
     assert_eq!(refused.code(), tonic::Code::Aborted);
-    assert_eq!(peers.canary_weight().await, 10_000, "the refused write changed nothing");
-    replicas[other].terminate();
-    replicas[other].wait_exit(secs(20)).await;
+    assert_eq!(canary_on(&peers, &orphan_route).await, Some(10_000), "the refused write changed nothing");
+    for replica in &mut replicas[1..] {
+        replica.terminate();
+        replica.wait_exit(secs(20)).await;
+    }
     peers.stop().await;
 }
