@@ -272,3 +272,76 @@ async fn three_replicas_on_redis_share_thirty_rollouts_and_take_over_a_dead_ones
     }
     peers.stop().await;
 }
+
+/// Whether a rollout has ended and traffic confirmed its final weights.
+fn settled(rollout: &proto::Rollout) -> bool {
+    ficus_planner::machine::is_terminal(rollout.phase()) && !rollout.weights_pending
+}
+
+/// Starts a planner on `store`, creates `spec`, then kills the planner with SIGKILL
+/// `kills` times, each at a random instant 0.1 to 0.8 s after the last one served, and
+/// starts it again; returns the rollout's id and the planner left running. The seed is
+/// printed so a failing schedule can be replayed.
+async fn under_random_kills(
+    peers: &Peers,
+    store: &str,
+    spec: proto::RolloutSpec,
+    kills: usize,
+) -> (String, ServiceProcess) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::random();
+    println!("kill schedule seed: {seed}");
+    let mut schedule = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut planner = planner_process(peers, store, "chaos-0");
+    planner.wait_serving(PLANNER, secs(30)).await;
+    let id = create(&mut client(&planner), spec).await.id;
+    for kill in 1..=kills {
+        tokio::time::sleep(std::time::Duration::from_millis(schedule.random_range(100..800))).await;
+        planner.kill();
+        planner.wait_exit(secs(10)).await;
+        planner = planner_process(peers, store, &format!("chaos-{kill}"));
+        planner.wait_serving(PLANNER, secs(30)).await;
+    }
+    (id, planner)
+}
+
+#[tokio::test]
+async fn fifty_kills_during_an_eleven_stage_rollout_skip_no_stage_and_it_succeeds() {
+    let peers = Peers::start().await;
+    let weights = record_weights(&peers);
+    let store = peers.data.path().join("planner").display().to_string();
+    let stages: Vec<(f64, std::time::Duration)> =
+        [1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0].iter().map(|&w| (w, secs(4))).collect();
+    let spec = strangler(&stages, &[(100.0, PASS)], support_policy(), false);
+    let (id, mut planner) = under_random_kills(&peers, &store, spec, 50).await;
+    let done = until(&client(&planner), &id, secs(120), settled).await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 10_000 }).await;
+    let seen = weights.lock().expect("weights").clone();
+    assert!(seen.windows(2).all(|pair| pair[0] <= pair[1]), "weights only rise: {seen:?}");
+    for (weight, _) in &stages {
+        let bp = (weight * 100.0).round() as u32;
+        assert!(seen.contains(&bp), "stage {weight}% applied: {seen:?}");
+    }
+    planner.terminate();
+    planner.wait_exit(secs(20)).await;
+    peers.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_kills_during_a_failing_rollout_still_end_with_the_canary_at_zero() {
+    let peers = Peers::start().await;
+    let weights = record_weights(&peers);
+    let store = peers.data.path().join("planner").display().to_string();
+    let stages = [(5.0, secs(4)), (20.0, secs(4)), (50.0, secs(4)), (100.0, secs(4))];
+    let spec = strangler(&stages, &[(20.0, PASS), (100.0, FAIL)], proto::FailurePolicy::AbortToZero, false);
+    let (id, mut planner) = under_random_kills(&peers, &store, spec, 20).await;
+    let done = until(&client(&planner), &id, secs(120), settled).await;
+    assert_eq!(done.phase(), Phase::RolledBack, "{}", done.message);
+    ficus_testkit::eventually(secs(10), || async { peers.canary_weight().await == 0 }).await;
+    let seen = weights.lock().expect("weights").clone();
+    assert!(seen.iter().all(|weight| *weight <= 5_000), "never past the failing stage: {seen:?}");
+    planner.terminate();
+    planner.wait_exit(secs(20)).await;
+    peers.stop().await;
+}
