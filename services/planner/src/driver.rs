@@ -28,6 +28,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 use crate::kubernetes::scale::{Progress, Scaler};
+use crate::metrics::RolloutMetrics;
 use crate::{
     error::Error,
     lease::{self, Claim, Leadership, Leases},
@@ -57,6 +58,13 @@ pub struct Peers {
     pub scaler: Option<crate::kubernetes::scale::Scaler>,
 }
 
+/// What every rollout driver of a replica works with.
+struct Team {
+    rollouts: Rollouts,
+    peers: Peers,
+    metrics: RolloutMetrics,
+}
+
 /// How this replica comes to drive rollouts.
 #[derive(Debug)]
 pub enum Drivers {
@@ -68,12 +76,18 @@ pub enum Drivers {
 
 /// Drives rollouts until `shutdown`: with [`Drivers::Shared`] this replica's share of
 /// them, with [`Drivers::Elected`] all of them while it leads.
-pub async fn run(rollouts: Rollouts, peers: Peers, drivers: Drivers, shutdown: CancellationToken) {
+pub async fn run(
+    rollouts: Rollouts,
+    peers: Peers,
+    drivers: Drivers,
+    metrics: RolloutMetrics,
+    shutdown: CancellationToken,
+) {
     let mut leadership = match drivers {
         Drivers::Shared(leases) => {
             tokio::spawn(leases.clone().heartbeat(shutdown.clone()));
             let rescan = leases.renew_every();
-            return lead(rollouts, peers, Claims::Shared(leases), rescan, shutdown).await;
+            return lead(Team { rollouts, peers, metrics }, Claims::Shared(leases), rescan, shutdown).await;
         }
         Drivers::Elected(leadership) => leadership,
     };
@@ -81,7 +95,8 @@ pub async fn run(rollouts: Rollouts, peers: Peers, drivers: Drivers, shutdown: C
         let token = *leadership.borrow_and_update();
         if let Some(token) = token {
             let tenure = shutdown.child_token();
-            let lead = lead(rollouts.clone(), peers.clone(), Claims::Elected(token), RESCAN, tenure.clone());
+            let team = Team { rollouts: rollouts.clone(), peers: peers.clone(), metrics: metrics.clone() };
+            let lead = lead(team, Claims::Elected(token), RESCAN, tenure.clone());
             tokio::pin!(lead);
             loop {
                 tokio::select! {
@@ -187,7 +202,8 @@ impl Tenure {
 /// While allowed to drive (until `tenure`): one task per rollout that is active or whose
 /// decided weights traffic has not confirmed yet, for those this replica claims. Looks
 /// for rollouts nobody drives every `rescan` (after a replica died, its leases expire).
-async fn lead(rollouts: Rollouts, peers: Peers, claims: Claims, rescan: Duration, tenure: CancellationToken) {
+async fn lead(team: Team, claims: Claims, rescan: Duration, tenure: CancellationToken) {
+    let Team { rollouts, peers, metrics } = team;
     let driving: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let mut events = rollouts.subscribe();
     let mut rescan = tokio::time::interval(rescan);
@@ -228,11 +244,12 @@ async fn lead(rollouts: Rollouts, peers: Peers, claims: Claims, rescan: Duration
             let Some(right) = claims.claim(&id).await else { continue };
             let stop = tenure.child_token();
             driving.lock().insert(id.clone(), stop.clone());
-            let (rollouts, peers, driving) = (rollouts.clone(), peers.clone(), driving.clone());
+            let (rollouts, peers, metrics, driving) =
+                (rollouts.clone(), peers.clone(), metrics.clone(), driving.clone());
             let token = right.token();
             tokio::spawn(right.keep(id.clone(), stop.clone()));
             tokio::spawn(async move {
-                Drive { rollouts, peers, id: id.clone(), token, stop: stop.clone() }.run().await;
+                Drive { rollouts, peers, metrics, id: id.clone(), token, stop: stop.clone() }.run().await;
                 stop.cancel();
                 driving.lock().remove(&id);
             });
@@ -244,6 +261,7 @@ async fn lead(rollouts: Rollouts, peers: Peers, claims: Claims, rescan: Duration
 struct Drive {
     rollouts: Rollouts,
     peers: Peers,
+    metrics: RolloutMetrics,
     id: String,
     /// The lease's fencing token, sent with every weight change.
     token: u64,
@@ -479,6 +497,7 @@ impl Drive {
                 verdict = verdicts.next() => match verdict {
                     Some(Ok(verdict)) => {
                         let outcome = verdict.outcome();
+                        self.metrics.verdict(&current, outcome);
                         let transition = machine::on_verdict(&current, plan, spec.failure_policy, verdict, SystemTime::now());
                         // A new phase or step (a step back) ends this step's run.
                         let left = transition.rollout.phase() != current.phase() || transition.rollout.step != current.step;
@@ -587,7 +606,10 @@ impl Drive {
         match apply_weights(&self.peers.traffic, route, &rollout.weights, self.token).await {
             Ok(generation) if rollout.weights_pending => {
                 match self.rollouts.save(machine::applied(&rollout, generation)).await {
-                    Ok(saved) => Ok(saved),
+                    Ok(saved) => {
+                        self.metrics.applied(&saved, SystemTime::now());
+                        Ok(saved)
+                    }
                     Err(_) => Err(Next::Reload),
                 }
             }
@@ -615,7 +637,14 @@ impl Drive {
     /// its final weights applied, once).
     async fn save(&self, transition: Transition) -> Next {
         match self.rollouts.save(transition).await {
-            Ok(_) | Err(Error::Conflict { .. }) => Next::Reload,
+            Ok(saved) => {
+                // An ending with new weights is timed once traffic has them.
+                if machine::is_terminal(saved.phase()) && !saved.weights_pending {
+                    self.metrics.ended(&saved, SystemTime::now());
+                }
+                Next::Reload
+            }
+            Err(Error::Conflict { .. }) => Next::Reload,
             Err(error) => {
                 tracing::warn!(rollout = %self.id, %error, "cannot record a transition; retrying");
                 Next::Wait(Some(RETRY))

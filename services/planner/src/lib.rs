@@ -6,7 +6,8 @@
 //! - [`machine`]: phases and transitions, pure;
 //! - [`rollouts`]: rollouts in the store, one active per route, and their transitions;
 //! - [`driver`]: the loop that applies weights, runs analysis and acts on verdicts;
-//! - [`lease`]: which replica drives which rollout; [`grpc`]: the `Planner` API on top.
+//! - [`lease`]: which replica drives which rollout; [`grpc`]: the `Planner` API on top;
+//! - [`metrics`]: rollout series on `/metrics`.
 
 pub mod driver;
 mod error;
@@ -14,6 +15,7 @@ pub mod grpc;
 pub mod kubernetes;
 pub mod lease;
 pub mod machine;
+pub mod metrics;
 pub mod plan;
 pub mod replicas;
 pub mod rollouts;
@@ -38,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use self::{
     driver::{Drivers, Peers},
     grpc::PlannerService,
+    metrics::RolloutMetrics,
     rollouts::Rollouts,
 };
 
@@ -174,13 +177,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         analysis: AnalysisClient::new(analysis.clone()),
         scaler: cluster.clone().map(kubernetes::scale::Scaler::new),
     };
-    tokio::spawn(driver::run(rollouts.clone(), peers.clone(), drivers, shutdown.clone()));
-    let service = PlannerService::new(rollouts, peers.traffic, shutdown.clone());
+    let service = PlannerService::new(rollouts.clone(), peers.traffic.clone(), shutdown.clone());
     let routes = tonic::service::Routes::new(PlannerServer::new(service));
-    let server = Server::new(ficus_proto::service_names::PLANNER, config.server, routes)
+    let mut server = Server::new(ficus_proto::service_names::PLANNER, config.server, routes)
         .depends_on(store)
         .reports(Peer::new(ficus_proto::service_names::TRAFFIC, traffic))
         .reports(Peer::new(ficus_proto::service_names::ANALYSIS, analysis));
+    let metrics = RolloutMetrics::register(server.registry());
+    tokio::spawn(metrics.clone().follow(rollouts.clone(), shutdown.clone()));
+    tokio::spawn(driver::run(rollouts, peers, drivers, metrics, shutdown.clone()));
     let running = server.start(shutdown.clone()).await?;
     if let Some(client) = cluster {
         // The controller goes through this planner's own API, validation included.

@@ -366,3 +366,49 @@ async fn without_analysis_the_rollout_holds_its_weights_and_says_why() {
     planner.wait().await.expect("planner stops");
     peers.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_show_each_rollouts_phase_weight_verdicts_and_rollback_time() {
+    let peers = Peers::start().await;
+    let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
+    let passing =
+        create(&mut api, strangler(&[(20.0, secs(1)), (100.0, secs(1))], &[(100.0, PASS)], POLICY_ROLLBACK, false))
+            .await;
+    until(&api, &passing.id, secs(30), |r| r.phase() == Phase::Succeeded && !r.weights_pending).await;
+    let failing = strangler(&[(20.0, secs(30)), (100.0, secs(1))], &[(100.0, FAIL)], POLICY_ROLLBACK, false);
+    let failing = create(&mut api, failing).await;
+    until(&api, &failing.id, secs(30), |r| r.phase() == Phase::RolledBack && !r.weights_pending).await;
+
+    let text = ficus_testkit::wait_until(secs(10), || async {
+        let (status, text) = ficus_testkit::http::get(planner.admin_addr, "/metrics").await.ok()?;
+        (status == 200
+            && text.contains(&format!(r#"rollout="{}",route="checkout",phase="ROLLED_BACK"}} 1"#, failing.id)))
+        .then_some(text)
+    })
+    .await;
+    let series = |rollout: &str, rest: &str| format!(r#"rollout="{rollout}",route="checkout"{rest}"#);
+    for expected in [
+        format!("ficus_rollout_phase{{{}", series(&passing.id, r#",phase="SUCCEEDED"} 1"#)),
+        format!("ficus_rollout_phase{{{}", series(&passing.id, r#",phase="PROGRESSING"} 0"#)),
+        format!("ficus_rollout_canary_weight_ratio{{{}", series(&passing.id, "} 1.0")),
+        format!("ficus_rollout_canary_weight_ratio{{{}", series(&failing.id, "} 0.0")),
+        "ficus_rollout_rollback_seconds_count 1".to_owned(),
+        r#"ficus_rollout_duration_seconds_count{phase="SUCCEEDED"} 1"#.to_owned(),
+        r#"ficus_rollout_duration_seconds_count{phase="ROLLED_BACK"} 1"#.to_owned(),
+    ] {
+        assert!(text.contains(&expected), "{expected} missing from\n{text}");
+    }
+    let verdicts = |rollout: &str, outcome: &str| {
+        let prefix =
+            format!("ficus_rollout_verdicts_total{{{}", series(rollout, &format!(r#",outcome="{outcome}"}} "#)));
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|count| count.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(verdicts(&passing.id, "PASS") >= 1, "the 20% stage passed:\n{text}");
+    assert_eq!(verdicts(&failing.id, "FAIL"), 1, "one FAIL, then the run stopped:\n{text}");
+    stop.cancel();
+    planner.wait().await.expect("planner stops");
+    peers.stop().await;
+}
