@@ -6,11 +6,12 @@
 //! ([`server`], [`shutdown`]), who may call what ([`auth`]), TLS from certificates that
 //! rotate ([`tls`]), calling other services with trace context and credentials
 //! ([`client`]), turning errors into gRPC statuses ([`status`]), and durable state
-//! ([`store`]).
+//! ([`store`]), and the time of day from one [`clock`] that tests can pause.
 //! [`main`] ties these together so each binary is a few lines.
 
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 mod entry;
 pub mod kubernetes;

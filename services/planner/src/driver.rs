@@ -36,6 +36,7 @@ use crate::{
     plan::StepKind,
     rollouts::{Rollouts, plan_of},
 };
+use ficus_kit::clock::Clock;
 
 /// How long to wait before trying again when traffic, analysis or the store is down.
 const RETRY: Duration = Duration::from_secs(1);
@@ -63,6 +64,7 @@ struct Team {
     rollouts: Rollouts,
     peers: Peers,
     metrics: RolloutMetrics,
+    clock: Clock,
 }
 
 /// How this replica comes to drive rollouts.
@@ -81,13 +83,14 @@ pub async fn run(
     peers: Peers,
     drivers: Drivers,
     metrics: RolloutMetrics,
+    clock: Clock,
     shutdown: CancellationToken,
 ) {
     let mut leadership = match drivers {
         Drivers::Shared(leases) => {
             tokio::spawn(leases.clone().heartbeat(shutdown.clone()));
             let rescan = leases.renew_every();
-            return lead(Team { rollouts, peers, metrics }, Claims::Shared(leases), rescan, shutdown).await;
+            return lead(Team { rollouts, peers, metrics, clock }, Claims::Shared(leases), rescan, shutdown).await;
         }
         Drivers::Elected(leadership) => leadership,
     };
@@ -95,7 +98,7 @@ pub async fn run(
         let token = *leadership.borrow_and_update();
         if let Some(token) = token {
             let tenure = shutdown.child_token();
-            let team = Team { rollouts: rollouts.clone(), peers: peers.clone(), metrics: metrics.clone() };
+            let team = Team { rollouts: rollouts.clone(), peers: peers.clone(), metrics: metrics.clone(), clock };
             let lead = lead(team, Claims::Elected(token), RESCAN, tenure.clone());
             tokio::pin!(lead);
             loop {
@@ -203,7 +206,7 @@ impl Tenure {
 /// decided weights traffic has not confirmed yet, for those this replica claims. Looks
 /// for rollouts nobody drives every `rescan` (after a replica died, its leases expire).
 async fn lead(team: Team, claims: Claims, rescan: Duration, tenure: CancellationToken) {
-    let Team { rollouts, peers, metrics } = team;
+    let Team { rollouts, peers, metrics, clock } = team;
     let driving: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let mut events = rollouts.subscribe();
     let mut rescan = tokio::time::interval(rescan);
@@ -249,7 +252,7 @@ async fn lead(team: Team, claims: Claims, rescan: Duration, tenure: Cancellation
             let token = right.token();
             tokio::spawn(right.keep(id.clone(), stop.clone()));
             tokio::spawn(async move {
-                Drive { rollouts, peers, metrics, id: id.clone(), token, stop: stop.clone() }.run().await;
+                Drive { rollouts, peers, metrics, clock, id: id.clone(), token, stop: stop.clone() }.run().await;
                 stop.cancel();
                 driving.lock().remove(&id);
             });
@@ -262,6 +265,7 @@ struct Drive {
     rollouts: Rollouts,
     peers: Peers,
     metrics: RolloutMetrics,
+    clock: Clock,
     id: String,
     /// The lease's fencing token, sent with every weight change.
     token: u64,
@@ -362,7 +366,7 @@ impl Drive {
             Ok(parsed) => parsed,
             // An ended rollout that cannot be read has nothing left to apply.
             Err(_) if ended => return Next::Done,
-            Err(error) => return self.save(machine::unjudgeable(&rollout, error.to_string(), SystemTime::now())).await,
+            Err(error) => return self.save(machine::unjudgeable(&rollout, error.to_string(), self.clock.now())).await,
         };
         let replicas = self.replicas(&spec, &rollout);
         if let Some((scaler, deployments, target)) = &replicas {
@@ -392,11 +396,11 @@ impl Drive {
             return Next::Wait(None);
         }
         let Some(step) = plan.step(rollout.step as usize) else {
-            let transition = machine::advance(&rollout, &plan, SystemTime::now(), "plan complete".into());
+            let transition = machine::advance(&rollout, &plan, self.clock.now(), "plan complete".into());
             return self.save(transition).await;
         };
-        let started = rollout.step_started_at.as_ref().and_then(time::system_time).unwrap_or_else(SystemTime::now);
-        let remaining = |duration: Duration| step_end(started, duration).duration_since(SystemTime::now()).ok();
+        let started = rollout.step_started_at.as_ref().and_then(time::system_time).unwrap_or_else(|| self.clock.now());
+        let remaining = |duration: Duration| step_end(started, duration).duration_since(self.clock.now()).ok();
         match step.kind {
             StepKind::SetWeight { .. } => self.step_done(&rollout, &plan, "weights applied").await,
             StepKind::Observe { window, analysis: true } => {
@@ -448,7 +452,7 @@ impl Drive {
         if let Err(status) = analysis.start_run(request).await {
             if status.code() == Code::InvalidArgument {
                 let why = format!("analysis refused the step's checks: {}", status.message());
-                return self.save(machine::unjudgeable(&rollout, why, SystemTime::now())).await;
+                return self.save(machine::unjudgeable(&rollout, why, self.clock.now())).await;
             }
             return self.hold(rollout, format!("holding: analysis unavailable: {}", status.message())).await;
         }
@@ -462,10 +466,7 @@ impl Drive {
         let mut conclusive =
             rollout.last_verdict.as_ref().is_some_and(|verdict| verdict.outcome() != Outcome::Inconclusive);
         let mut current = rollout;
-        let after_start = |duration: Duration| {
-            tokio::time::Instant::now()
-                + step_end(started, duration).duration_since(SystemTime::now()).unwrap_or_default()
-        };
+        let after_start = |duration: Duration| self.clock.instant_at(step_end(started, duration));
         let window_end = after_start(window);
         let unjudged_by = spec.deadlines.inconclusive.map(after_start);
         let late_by = spec.deadlines.progress.map(|grace| after_start(window.saturating_add(grace)));
@@ -488,7 +489,7 @@ impl Drive {
             };
             tokio::select! {
                 what = missed => {
-                    let transition = machine::on_deadline(&current, plan, &spec.deadlines, spec.failure_policy, what, SystemTime::now());
+                    let transition = machine::on_deadline(&current, plan, &spec.deadlines, spec.failure_policy, what, self.clock.now());
                     let analysis = self.peers.analysis.clone();
                     let run_id = run_id.clone();
                     tokio::spawn(async move { stop_run(&analysis, &run_id).await });
@@ -498,7 +499,7 @@ impl Drive {
                     Some(Ok(verdict)) => {
                         let outcome = verdict.outcome();
                         self.metrics.verdict(&current, outcome);
-                        let transition = machine::on_verdict(&current, plan, spec.failure_policy, verdict, SystemTime::now());
+                        let transition = machine::on_verdict(&current, plan, spec.failure_policy, verdict, self.clock.now());
                         // A new phase or step (a step back) ends this step's run.
                         let left = transition.rollout.phase() != current.phase() || transition.rollout.step != current.step;
                         match self.rollouts.save(transition).await {
@@ -572,7 +573,7 @@ impl Drive {
 
     async fn step_done(&self, rollout: &proto::Rollout, plan: &crate::plan::Plan, why: &str) -> Next {
         let transition =
-            machine::step_done(rollout, plan, SystemTime::now(), format!("step {} done: {why}", rollout.step));
+            machine::step_done(rollout, plan, self.clock.now(), format!("step {} done: {why}", rollout.step));
         self.save(transition).await
     }
 
@@ -591,7 +592,7 @@ impl Drive {
         let duration = plan.step(rollout.step as usize)?.duration()?;
         let started = rollout.step_started_at.as_ref().and_then(time::system_time)?;
         let due = step_end(step_end(started, duration), grace);
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let late = now.duration_since(due).is_ok();
         late.then(|| {
             let what =
@@ -607,7 +608,7 @@ impl Drive {
             Ok(generation) if rollout.weights_pending => {
                 match self.rollouts.save(machine::applied(&rollout, generation)).await {
                     Ok(saved) => {
-                        self.metrics.applied(&saved, SystemTime::now());
+                        self.metrics.applied(&saved, self.clock.now());
                         Ok(saved)
                     }
                     Err(_) => Err(Next::Reload),
@@ -640,7 +641,7 @@ impl Drive {
             Ok(saved) => {
                 // An ending with new weights is timed once traffic has them.
                 if machine::is_terminal(saved.phase()) && !saved.weights_pending {
-                    self.metrics.ended(&saved, SystemTime::now());
+                    self.metrics.ended(&saved, self.clock.now());
                 }
                 Next::Reload
             }

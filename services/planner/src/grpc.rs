@@ -2,7 +2,7 @@
 //! machine. Operator commands are transitions written to the store; the driver acts on
 //! them.
 
-use std::{pin::Pin, time::SystemTime};
+use std::pin::Pin;
 
 use ficus_kit::{client::TracedChannel, status::InvalidField};
 use ficus_proto::{
@@ -80,7 +80,7 @@ impl PlannerService {
         loop {
             let rollout = self.rollouts.get(id).await?;
             let (_, plan) = plan_of(&rollout)?;
-            let transition = machine::command(&rollout, &plan, command, why, SystemTime::now())
+            let transition = machine::command(&rollout, &plan, command, why, self.rollouts.clock().now())
                 .map_err(|illegal| Error::FailedPrecondition(illegal.0))?;
             match self.rollouts.save(transition).await {
                 Err(Error::Conflict { .. }) if attempts > 1 => attempts -= 1,
@@ -188,14 +188,16 @@ impl Planner for PlannerService {
                 async move { keep }
             })
             .boxed();
-        let already_ended = machine::is_terminal(current.phase());
-        // Ends right after the terminal transition, without waiting for another event.
+        // The end is an ended rollout whose final weights traffic has confirmed: a rollback
+        // is not over while traffic has yet to carry it.
+        let already_ended = !Rollouts::is_unsettled(&current);
+        // Ends right after that, without waiting for another event.
         let follow = futures::stream::unfold((follow, already_ended), |(mut follow, ended)| async move {
             if ended {
                 return None;
             }
             let event = follow.next().await?;
-            let ended = event.rollout.as_ref().is_some_and(|rollout| machine::is_terminal(rollout.phase()));
+            let ended = event.rollout.as_ref().is_some_and(|rollout| !Rollouts::is_unsettled(rollout));
             Some((event, (follow, ended)))
         });
         let events = futures::stream::once(async move { first })

@@ -21,7 +21,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use ficus_kit::store::{Expect, Store, StoreError};
+use ficus_kit::{
+    clock::Clock,
+    store::{Expect, Store, StoreError},
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +50,7 @@ pub struct Leases {
     store: Store,
     holder: String,
     ttl: Duration,
+    clock: Clock,
 }
 
 /// A rollout this replica may drive until the lease is lost.
@@ -59,9 +63,10 @@ pub struct Claim {
 }
 
 impl Leases {
-    /// Leases held as `holder` (this replica's name, shown to operators) for `ttl`.
-    pub fn new(store: Store, holder: String, ttl: Duration) -> Self {
-        Self { store, holder, ttl }
+    /// Leases held as `holder` (this replica's name, shown to operators) for `ttl`, with
+    /// fencing tokens drawn from `clock`.
+    pub fn new(store: Store, holder: String, ttl: Duration, clock: Clock) -> Self {
+        Self { store, holder, ttl, clock }
     }
 
     /// How often held leases are renewed, and how often replicas look for rollouts nobody
@@ -102,7 +107,7 @@ impl Leases {
             Err(StoreError::Conflict { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };
-        match next_token(&self.store).await {
+        match next_token(&self.store, self.clock.now()).await {
             Ok(token) => Ok(Some(Claim { key, version, token })),
             Err(error) => {
                 // No token, no claim: give the lease back for a later round.
@@ -137,9 +142,9 @@ pub fn fair_share(rollouts: usize, replicas: usize) -> usize {
     rollouts.div_ceil(replicas.max(1))
 }
 
-/// Draws the next fencing token (see the module's documentation).
-async fn next_token(store: &Store) -> Result<u64, StoreError> {
-    let now = SystemTime::now()
+/// Draws the next fencing token at time of day `now` (see the module's documentation).
+async fn next_token(store: &Store, now: SystemTime) -> Result<u64, StoreError> {
+    let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default();
@@ -171,18 +176,22 @@ mod tests {
     async fn tokens_rise_with_every_claim_and_over_a_fresh_store() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("a").display().to_string(), "planner").await.expect("store");
-        let first = next_token(&store).await.expect("token");
-        let second = next_token(&store).await.expect("token");
+        let first = next_token(&store, SystemTime::now()).await.expect("token");
+        let second = next_token(&store, SystemTime::now()).await.expect("token");
         assert!(second > first, "{second} after {first}");
         // A token from the future (a clock that ran ahead) is still followed, not wrapped.
         store.put(TOKEN_KEY, u64::MAX.to_be_bytes().to_vec(), Expect::Any, None).await.expect("put");
-        assert_eq!(next_token(&store).await.expect("token"), u64::MAX, "saturates rather than wrapping");
+        assert_eq!(
+            next_token(&store, SystemTime::now()).await.expect("token"),
+            u64::MAX,
+            "saturates rather than wrapping"
+        );
 
         // A store that starts over (a new volume) still hands out tokens above those drawn
         // before now: at least the time in milliseconds, not 1.
         let fresh = Store::open(&dir.path().join("b").display().to_string(), "planner").await.expect("store");
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_millis();
-        let token = next_token(&fresh).await.expect("token");
+        let token = next_token(&fresh, SystemTime::now()).await.expect("token");
         assert!(u128::from(token) >= now, "{token} is below the time, {now} ms");
     }
 
@@ -191,7 +200,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().display().to_string(), "planner").await.expect("store");
         let ttl = Duration::from_secs(60);
-        let (a, b) = (Leases::new(store.clone(), "a".into(), ttl), Leases::new(store.clone(), "b".into(), ttl));
+        let lease = |holder: &str| Leases::new(store.clone(), holder.into(), ttl, Clock::System);
+        let (a, b) = (lease("a"), lease("b"));
         let mut claim = a.claim("r1").await.expect("store").expect("free");
         assert!(b.claim("r1").await.expect("store").is_none(), "held by a");
         a.renew(&mut claim).await.expect("renewed");

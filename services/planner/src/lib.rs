@@ -23,6 +23,7 @@ pub mod spec;
 
 use ficus_kit::{
     client::{self, AddressError, Peer},
+    clock::Clock,
     config::{self, ConfigError, ServiceConfig},
     server::{Running, ServeError, Server, ServerConfig},
     store::{Store, StoreError},
@@ -60,6 +61,10 @@ pub struct Config {
     /// its replica dies.
     #[serde(with = "humantime_serde", default = "default_lease_ttl")]
     pub lease_ttl: Duration,
+    /// How long one call to traffic or analysis may take before it counts as failed (and
+    /// is retried).
+    #[serde(with = "humantime_serde", default = "default_peer_timeout")]
+    pub peer_timeout: Duration,
     /// The cluster whose Rollout objects the planner reconciles, and its leader Lease.
     #[serde(default)]
     pub kubernetes: Option<kubernetes::KubernetesSettings>,
@@ -67,6 +72,10 @@ pub struct Config {
 
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_peer_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for Config {
@@ -77,6 +86,7 @@ impl Default for Config {
             traffic: "127.0.0.1:7003".into(),
             analysis: "127.0.0.1:7002".into(),
             lease_ttl: default_lease_ttl(),
+            peer_timeout: default_peer_timeout(),
             kubernetes: None,
         }
     }
@@ -120,6 +130,9 @@ impl ServiceConfig for Config {
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(ConfigError::invalid("lease_ttl", "must be at least 1s"));
         }
+        if self.peer_timeout.is_zero() {
+            return Err(ConfigError::invalid("peer_timeout", "must be positive"));
+        }
         Ok(())
     }
 }
@@ -145,17 +158,19 @@ pub enum Error {
     Kubernetes(#[from] ficus_kit::kubernetes::KubernetesError),
 }
 
-/// How long one call to a peer service may take.
-const PEER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Opens the store, starts driving rollouts (while this replica holds the lease), and
-/// serves until `shutdown` is cancelled.
+/// Opens the store, starts driving rollouts (its share of them), and serves until
+/// `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    start_with_clock(config, Clock::System, shutdown).await
+}
+
+/// [`start`], with rollouts timed by `clock` (for tests on tokio's paused time).
+pub async fn start_with_clock(config: Config, clock: Clock, shutdown: CancellationToken) -> Result<Running, Error> {
     let store = Store::open(&config.store, "planner").await?;
     let credentials = config.server.peer_credentials()?;
-    let traffic = client::connect_with(&config.traffic, PEER_TIMEOUT, &credentials)?;
-    let analysis = client::connect_with(&config.analysis, PEER_TIMEOUT, &credentials)?;
-    let rollouts = Rollouts::new(store.clone());
+    let traffic = client::connect_with(&config.traffic, config.peer_timeout, &credentials)?;
+    let analysis = client::connect_with(&config.analysis, config.peer_timeout, &credentials)?;
+    let rollouts = Rollouts::new(store.clone(), clock);
     tokio::spawn(rollouts.clone().follow(shutdown.clone()));
     let cluster = match &config.kubernetes {
         Some(settings) => Some(ficus_kit::kubernetes::client(settings.kubeconfig.as_deref()).await?),
@@ -170,7 +185,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             config.lease_ttl,
             shutdown.clone(),
         )),
-        _ => Drivers::Shared(lease::Leases::new(store.clone(), replica_name(), config.lease_ttl)),
+        _ => Drivers::Shared(lease::Leases::new(store.clone(), replica_name(), config.lease_ttl, clock)),
     };
     let peers = Peers {
         traffic: TrafficControlClient::new(traffic.clone()),
@@ -185,11 +200,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .reports(Peer::new(ficus_proto::service_names::ANALYSIS, analysis));
     let metrics = RolloutMetrics::register(server.registry());
     tokio::spawn(metrics.clone().follow(rollouts.clone(), shutdown.clone()));
-    tokio::spawn(driver::run(rollouts, peers, drivers, metrics, shutdown.clone()));
+    tokio::spawn(driver::run(rollouts, peers, drivers, metrics, clock, shutdown.clone()));
     let running = server.start(shutdown.clone()).await?;
     if let Some(client) = cluster {
         // The controller goes through this planner's own API, validation included.
-        let own = client::connect_with(&running.grpc_addr.to_string(), PEER_TIMEOUT, &credentials)?;
+        let own = client::connect_with(&running.grpc_addr.to_string(), config.peer_timeout, &credentials)?;
         let namespace = config.kubernetes.and_then(|settings| settings.namespace);
         tokio::spawn(kubernetes::controller::run(client, namespace, PlannerClient::new(own), shutdown));
     }

@@ -5,9 +5,12 @@
 //! driver acts on it. Transitions written by this process are published with their exact
 //! reason; those written by another replica arrive through the store's change feed.
 
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{collections::HashMap, sync::Arc};
 
-use ficus_kit::store::{Change, Expect, Store, StoreError};
+use ficus_kit::{
+    clock::Clock,
+    store::{Change, Expect, Store, StoreError},
+};
 use ficus_proto::planner::v1::{self as proto, Phase};
 use parking_lot::Mutex;
 use prost::Message;
@@ -31,6 +34,7 @@ const EVENT_BUFFER: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct Rollouts {
     store: Store,
+    clock: Clock,
     events: broadcast::Sender<proto::RolloutEvent>,
     /// Highest version published per rollout, so nothing is published twice or backwards.
     published: Arc<Mutex<HashMap<String, u64>>>,
@@ -46,10 +50,15 @@ pub fn plan_of(rollout: &proto::Rollout) -> Result<(Spec, Plan), Error> {
 }
 
 impl Rollouts {
-    /// Rollouts kept in `store`.
-    pub fn new(store: Store) -> Self {
+    /// Rollouts kept in `store`, created at the times `clock` reads.
+    pub fn new(store: Store, clock: Clock) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Self { store, events, published: Arc::default() }
+        Self { store, clock, events, published: Arc::default() }
+    }
+
+    /// The clock rollouts are created and moved by.
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// Follows transitions, of this process and of other replicas.
@@ -64,7 +73,7 @@ impl Rollouts {
         }
         let route = spec.route.clone();
         self.claim_route(&route, &id).await?;
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let rollout = proto::Rollout {
             id: id.clone(),
             plan: Some(plan.to_proto()),
