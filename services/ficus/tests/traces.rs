@@ -115,8 +115,8 @@ async fn a_stage_transition_is_one_trace_across_the_services() {
         canary_backend: "k8s".into(),
         strategy: Some(planner::rollout_spec::Strategy::Strangler(planner::StranglerStrategy {
             stages: vec![
-                planner::Stage { weight: 50.0, window: Some(Duration::from_secs(1).into()) },
-                planner::Stage { weight: 100.0, window: Some(Duration::from_secs(1).into()) },
+                planner::Stage { weight: 50.0, window: Some(Duration::from_secs(1).into()), progress_deadline: None },
+                planner::Stage { weight: 100.0, window: Some(Duration::from_secs(1).into()), progress_deadline: None },
             ],
             window: None,
         })),

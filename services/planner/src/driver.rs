@@ -469,7 +469,8 @@ impl Drive {
         let after_start = |duration: Duration| self.clock.instant_at(step_end(started, duration));
         let window_end = after_start(window);
         let unjudged_by = spec.deadlines.inconclusive.map(after_start);
-        let late_by = spec.deadlines.progress.map(|grace| after_start(window.saturating_add(grace)));
+        let grace = plan.step(step).and_then(|step| step.progress_deadline);
+        let late_by = grace.map(|grace| after_start(window.saturating_add(grace)));
         let mut window_over = false;
         loop {
             let deadline = sleep_until(if window_over { None } else { Some(window_end) });
@@ -483,7 +484,7 @@ impl Drive {
                     ),
                     () = late => format!(
                         "step {step} missed its progress deadline ({}s past its window) without a passing verdict",
-                        spec.deadlines.progress.unwrap_or_default().as_secs()
+                        grace.unwrap_or_default().as_secs()
                     ),
                 }
             };
@@ -585,11 +586,12 @@ impl Drive {
         plan: &crate::plan::Plan,
         spec: &crate::spec::Spec,
     ) -> Option<Transition> {
-        let grace = spec.deadlines.progress?;
         if rollout.phase() != Phase::Progressing {
             return None;
         }
-        let duration = plan.step(rollout.step as usize)?.duration()?;
+        let step = plan.step(rollout.step as usize)?;
+        let grace = step.progress_deadline?;
+        let duration = step.duration()?;
         let started = rollout.step_started_at.as_ref().and_then(time::system_time)?;
         let due = step_end(step_end(started, duration), grace);
         let now = self.clock.now();

@@ -366,6 +366,7 @@ mod tests {
                     .map(|(weight, secs)| proto::Stage {
                         weight: *weight,
                         window: Some(std::time::Duration::from_secs(*secs).into()),
+                        progress_deadline: None,
                     })
                     .collect(),
                 window: None,

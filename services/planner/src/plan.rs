@@ -85,6 +85,9 @@ pub struct Step {
     pub template: Option<AnalysisTemplate>,
     /// Pod counts, when the spec has scaling.
     pub replicas: Option<ReplicaPlan>,
+    /// How long the step may run past its duration before the spec's deadline action:
+    /// the step's own deadline, else the rollout's; `None` for none.
+    pub progress_deadline: Option<Duration>,
 }
 
 impl Step {
@@ -156,7 +159,7 @@ impl Plan {
                     // At 100% the old environment gets no traffic left to compare with: the
                     // last stage is observed (and can still be aborted) but not judged.
                     let analysis = spec.analysis.is_some() && stage.weight < FULL_WEIGHT;
-                    builder.observe(stage.window, analysis, None);
+                    builder.observe(stage.window, analysis, None, stage.progress_deadline);
                 }
             }
             Strategy::Canary(steps) => {
@@ -164,13 +167,15 @@ impl Plan {
                     match step {
                         CanaryStep::SetWeight(bp) => builder.set_weight(*bp),
                         CanaryStep::Pause(duration) => builder.push(StepKind::Pause { duration: *duration }, None),
-                        CanaryStep::Analysis { window, template } => builder.observe(*window, true, template.as_ref()),
+                        CanaryStep::Analysis { window, template, progress_deadline } => {
+                            builder.observe(*window, true, template.as_ref(), *progress_deadline)
+                        }
                     }
                 }
             }
             Strategy::BlueGreen(blue_green) => {
                 if let Some(window) = blue_green.preview_window {
-                    builder.observe(window, spec.analysis.is_some(), None);
+                    builder.observe(window, spec.analysis.is_some(), None, None);
                 }
                 builder.set_weight(FULL_WEIGHT);
                 builder.push(StepKind::Retain { duration: blue_green.retention }, None);
@@ -300,14 +305,24 @@ impl Builder<'_> {
         self.push(StepKind::SetWeight { bp }, None);
     }
 
-    /// An observation window at the current weight; `template` overrides the spec's.
-    fn observe(&mut self, window: Duration, analysis: bool, template: Option<&AnalysisTemplate>) {
+    /// An observation window at the current weight; `template` and `progress_deadline`
+    /// override the spec's.
+    fn observe(
+        &mut self,
+        window: Duration,
+        analysis: bool,
+        template: Option<&AnalysisTemplate>,
+        progress_deadline: Option<Duration>,
+    ) {
         let template = if analysis {
             template.or_else(|| self.spec.analysis.as_ref().and_then(|spec| spec.template_for(self.weight))).cloned()
         } else {
             None
         };
         self.push(StepKind::Observe { window, analysis }, template);
+        if let Some(step) = self.steps.last_mut() {
+            step.progress_deadline = progress_deadline.or(self.spec.deadlines.progress);
+        }
     }
 
     fn push(&mut self, kind: StepKind, template: Option<AnalysisTemplate>) {
@@ -318,6 +333,7 @@ impl Builder<'_> {
             weights: self.sides.weights(weight),
             template,
             replicas: self.spec.scaling.map(|scaling| scaling.at_weight(weight)),
+            progress_deadline: self.spec.deadlines.progress,
         });
     }
 }

@@ -113,6 +113,8 @@ pub enum CanaryStep {
         window: Duration,
         /// Checks for this step; the rollout's template when `None`.
         template: Option<AnalysisTemplate>,
+        /// The step's own progress deadline, replacing the rollout's.
+        progress_deadline: Option<Duration>,
     },
 }
 
@@ -123,6 +125,8 @@ pub struct Stage {
     pub weight: u32,
     /// How long the stage is observed.
     pub window: Duration,
+    /// The stage's own progress deadline, replacing the rollout's.
+    pub progress_deadline: Option<Duration>,
 }
 
 /// Blue-green settings.
@@ -324,7 +328,9 @@ fn canary_steps(canary: &proto::CanaryStrategy, field: &str) -> Result<Strategy,
                 // A window is required: an analysis step of unknown length could not be planned.
                 let window = positive(analysis.window.as_ref(), &window_field)?
                     .ok_or_else(|| InvalidField::new(window_field, "an analysis step needs a window"))?;
-                CanaryStep::Analysis { window, template: analysis.template.clone() }
+                let progress_deadline =
+                    positive(analysis.progress_deadline.as_ref(), &format!("{path}.analysis.progress_deadline"))?;
+                CanaryStep::Analysis { window, template: analysis.template.clone(), progress_deadline }
             }
             None => return Err(InvalidField::new(path, "set one of `set_weight`, `pause` or `analysis`")),
         };
@@ -337,7 +343,10 @@ fn strangler_stages(strangler: &proto::StranglerStrategy, field: &str) -> Result
     let default_window =
         positive(strangler.window.as_ref(), &format!("{field}.window"))?.unwrap_or(DEFAULT_STAGE_WINDOW);
     if strangler.stages.is_empty() {
-        let stages = DEFAULT_STAGES.iter().map(|&weight| Stage { weight, window: default_window }).collect();
+        let stages = DEFAULT_STAGES
+            .iter()
+            .map(|&weight| Stage { weight, window: default_window, progress_deadline: None })
+            .collect();
         return Ok(Strategy::Strangler(stages));
     }
     let mut stages: Vec<Stage> = Vec::with_capacity(strangler.stages.len() + 1);
@@ -358,11 +367,12 @@ fn strangler_stages(strangler: &proto::StranglerStrategy, field: &str) -> Result
             ));
         }
         let window = positive(stage.window.as_ref(), &format!("{path}.window"))?.unwrap_or(default_window);
-        stages.push(Stage { weight, window });
+        let progress_deadline = positive(stage.progress_deadline.as_ref(), &format!("{path}.progress_deadline"))?;
+        stages.push(Stage { weight, window, progress_deadline });
     }
     // A migration ends with everything on the new side, observed like every other stage.
     if stages.last().is_some_and(|last| last.weight < FULL_WEIGHT) {
-        stages.push(Stage { weight: FULL_WEIGHT, window: default_window });
+        stages.push(Stage { weight: FULL_WEIGHT, window: default_window, progress_deadline: None });
     }
     Ok(Strategy::Strangler(stages))
 }

@@ -49,8 +49,8 @@ fn on_paused_time(peers: &Peers, specs: Vec<proto::RolloutSpec>) -> Vec<proto::R
                 .await
                 .expect("planner starts");
             // No timeouts: paused time would reach them while a call waits on its socket.
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", planner.grpc_addr))
-                .expect("endpoint");
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", planner.grpc_addr)).expect("endpoint");
             let mut api = PlannerClient::new(endpoint.connect_lazy());
             let mut ended = Vec::new();
             for spec in specs {
@@ -122,9 +122,19 @@ fn deadlines_fire_at_their_time_on_paused_time() {
     let mut late = strangler(&[(20.0, HOUR), (100.0, HOUR)], &[(100.0, INCONCLUSIVE)], policy, false);
     late.progress_deadline = Some(HOUR.into());
     late.deadline_action = proto::DeadlineAction::Abort.into();
-    let ended = on_paused_time(&peers, vec![quiet, late]);
+    // The rollout's deadline is 10 h, but the 20% stage has one of its own: 1 h.
+    let mut own = strangler(&[(20.0, HOUR), (100.0, HOUR)], &[(100.0, INCONCLUSIVE)], policy, false);
+    own.progress_deadline = Some((10 * HOUR).into());
+    own.deadline_action = proto::DeadlineAction::Abort.into();
+    if let Some(proto::rollout_spec::Strategy::Strangler(strangler)) = own.strategy.as_mut() {
+        strangler.stages[0].progress_deadline = Some(HOUR.into());
+    }
+    let ended = on_paused_time(&peers, vec![quiet, late, own]);
 
-    let (quiet, late) = (&ended[0], &ended[1]);
+    let (quiet, late, own) = (&ended[0], &ended[1], &ended[2]);
+    assert_eq!(own.phase(), Phase::Aborted, "{}", own.message);
+    let aborted = at(own.history.last().expect("the abort")).duration_since(at(&own.history[1])).expect("later");
+    assert!(near(aborted, 2 * HOUR), "the stage's own deadline, not the rollout's: {:?}", own.history);
     assert_eq!((quiet.phase(), quiet.weights["k8s"]), (Phase::Paused, 2_000), "{}", quiet.message);
     assert!(quiet.message.contains("inconclusive deadline"), "{}", quiet.message);
     let entered = at(&quiet.history[1]);

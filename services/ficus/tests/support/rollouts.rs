@@ -280,7 +280,10 @@ pub fn strangler(route: &str, window: Duration) -> planner::RolloutSpec {
         stable_backend: STABLE.to_owned(),
         canary_backend: CANARY.to_owned(),
         strategy: Some(planner::rollout_spec::Strategy::Strangler(planner::StranglerStrategy {
-            stages: STAGES.iter().map(|&weight| planner::Stage { weight, window: None }).collect(),
+            stages: STAGES
+                .iter()
+                .map(|&weight| planner::Stage { weight, window: None, progress_deadline: None })
+                .collect(),
             window: Some(window.into()),
         })),
         // No template: the default one (the rollback table) is what users get.

@@ -105,7 +105,11 @@ fn an_open_canary_pause_waits_for_a_human_and_adds_no_time() {
         pause(None),
         ProtoStep::SetWeight(50.0),
         pause(Some(HOUR)),
-        ProtoStep::Analysis(proto::AnalysisStep { window: secs(600), template: Some(template("step")) }),
+        ProtoStep::Analysis(proto::AnalysisStep {
+            window: secs(600),
+            template: Some(template("step")),
+            progress_deadline: None,
+        }),
     ]));
     assert_eq!(
         descriptions(&plan),
@@ -128,7 +132,11 @@ fn an_open_canary_pause_waits_for_a_human_and_adds_no_time() {
 
 #[test]
 fn a_canary_analysis_step_runs_analysis_even_without_a_rollout_template() {
-    let plan = plan_of(&canary(vec![ProtoStep::Analysis(proto::AnalysisStep { window: secs(60), template: None })]));
+    let plan = plan_of(&canary(vec![ProtoStep::Analysis(proto::AnalysisStep {
+        window: secs(60),
+        template: None,
+        progress_deadline: None,
+    })]));
     let observe = &plan.steps()[0];
     assert_eq!((observe.weight, observe.analysis(), observe.template.as_ref()), (0, true, None));
     assert_eq!(descriptions(&plan), ["observe 1m with analysis", "set canary weight to 100%"]);

@@ -17,7 +17,9 @@ fn pause(duration: Option<pbjson_types::Duration>) -> proto::CanaryStep {
 }
 
 fn analysis_step(window: Option<pbjson_types::Duration>) -> proto::CanaryStep {
-    proto::CanaryStep { step: Some(Step::Analysis(proto::AnalysisStep { window, template: None })) }
+    proto::CanaryStep {
+        step: Some(Step::Analysis(proto::AnalysisStep { window, template: None, progress_deadline: None })),
+    }
 }
 
 fn canary(steps: Vec<proto::CanaryStep>) -> proto::RolloutSpec {
@@ -31,8 +33,10 @@ fn canary(steps: Vec<proto::CanaryStep>) -> proto::RolloutSpec {
 }
 
 fn strangler(stages: &[(f64, Option<i64>)], window: Option<i64>) -> proto::RolloutSpec {
-    let stages =
-        stages.iter().map(|&(weight, window)| proto::Stage { weight, window: window.and_then(secs) }).collect();
+    let stages = stages
+        .iter()
+        .map(|&(weight, window)| proto::Stage { weight, window: window.and_then(secs), progress_deadline: None })
+        .collect();
     proto::RolloutSpec {
         strategy: Some(ProtoStrategy::Strangler(proto::StranglerStrategy { stages, window: window.and_then(secs) })),
         ..canary(Vec::new())
@@ -197,7 +201,7 @@ fn canary_steps_are_kept_as_written() {
             CanaryStep::Pause(Some(Duration::from_secs(3600))),
             CanaryStep::SetWeight(500),
             CanaryStep::Pause(None),
-            CanaryStep::Analysis { window: Duration::from_secs(600), template: None },
+            CanaryStep::Analysis { window: Duration::from_secs(600), template: None, progress_deadline: None },
         ])
     );
     assert_eq!(spec.failure_policy, FailurePolicy::RollbackToPreviousStage, "the proto default");
@@ -208,7 +212,7 @@ fn canary_steps_are_kept_as_written() {
 fn strangler_defaults_to_five_stages_of_a_day() {
     let spec = Spec::from_proto(&strangler(&[], None), "spec").expect("valid");
     let day = Duration::from_secs(24 * 3600);
-    let expected = [500, 2000, 5000, 8000, 10_000].map(|weight| Stage { weight, window: day });
+    let expected = [500, 2000, 5000, 8000, 10_000].map(|weight| Stage { weight, window: day, progress_deadline: None });
     assert_eq!(spec.strategy, Strategy::Strangler(expected.to_vec()));
 }
 
@@ -216,9 +220,9 @@ fn strangler_defaults_to_five_stages_of_a_day() {
 fn strangler_stopping_short_gets_a_final_stage_with_the_strategy_window() {
     let spec = Spec::from_proto(&strangler(&[(5.0, Some(60)), (20.0, None)], Some(120)), "spec").expect("valid");
     let stages = vec![
-        Stage { weight: 500, window: Duration::from_secs(60) },
-        Stage { weight: 2000, window: Duration::from_secs(120) },
-        Stage { weight: 10_000, window: Duration::from_secs(120) },
+        Stage { weight: 500, window: Duration::from_secs(60), progress_deadline: None },
+        Stage { weight: 2000, window: Duration::from_secs(120), progress_deadline: None },
+        Stage { weight: 10_000, window: Duration::from_secs(120), progress_deadline: None },
     ];
     assert_eq!(spec.strategy, Strategy::Strangler(stages));
 }
@@ -335,4 +339,28 @@ fn deadlines_are_checked_by_field() {
             action: DeadlineAction::RollBack,
         }
     );
+}
+
+#[test]
+fn a_steps_own_progress_deadline_is_checked_by_field_and_replaces_the_rollouts() {
+    let far = Some(pbjson_types::Duration { seconds: 1_000_000_000_000, nanos: 0 });
+    let mut spec = strangler(&[(20.0, Some(60)), (100.0, Some(60))], None);
+    if let Some(ProtoStrategy::Strangler(strangler)) = spec.strategy.as_mut() {
+        strangler.stages[1].progress_deadline = far;
+    }
+    assert_eq!(refused(&spec), "spec.strangler.stages[1].progress_deadline");
+    let step = proto::CanaryStep {
+        step: Some(Step::Analysis(proto::AnalysisStep { window: secs(60), template: None, progress_deadline: far })),
+    };
+    assert_eq!(refused(&canary(vec![set_weight(20.0), step])), "spec.canary.steps[1].analysis.progress_deadline");
+
+    let mut spec = strangler(&[(20.0, Some(60)), (100.0, Some(60))], None);
+    spec.progress_deadline = secs(3_600);
+    if let Some(ProtoStrategy::Strangler(strangler)) = spec.strategy.as_mut() {
+        strangler.stages[0].progress_deadline = secs(60);
+    }
+    let plan = crate::plan::Plan::new(&Spec::from_proto(&spec, "spec").expect("valid"));
+    let deadlines: Vec<Option<u64>> =
+        plan.steps().iter().map(|step| step.progress_deadline.map(|deadline| deadline.as_secs())).collect();
+    assert_eq!(deadlines, [Some(3_600), Some(60), Some(3_600), Some(3_600)], "the 20% window has its own");
 }

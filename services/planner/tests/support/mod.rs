@@ -164,7 +164,11 @@ pub fn strangler(
         strategy: Some(proto::rollout_spec::Strategy::Strangler(proto::StranglerStrategy {
             stages: stages
                 .iter()
-                .map(|(weight, window)| proto::Stage { weight: *weight, window: Some((*window).into()) })
+                .map(|(weight, window)| proto::Stage {
+                    weight: *weight,
+                    window: Some((*window).into()),
+                    progress_deadline: None,
+                })
                 .collect(),
             window: None,
         })),
