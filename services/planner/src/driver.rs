@@ -105,8 +105,10 @@ pub async fn run(
                 tokio::select! {
                     () = &mut lead => {}
                     changed = leadership.changed() => {
-                        if changed.is_err() || leadership.borrow_and_update().is_none() {
-                            tracing::info!("no longer leading; stopping every rollout driver");
+                        // A new tenure (after a pause long enough to lose the Lease) has a
+                        // new token: the drivers start over with it.
+                        if changed.is_err() || *leadership.borrow_and_update() != Some(token) {
+                            tracing::info!("no longer leading with token {token}; stopping every rollout driver");
                             tenure.cancel();
                             break;
                         }
@@ -364,12 +366,24 @@ impl Drive {
         }
         let (spec, plan) = match plan_of(&rollout) {
             Ok(parsed) => parsed,
-            // An ended rollout that cannot be read has nothing left to apply.
-            Err(_) if ended => return Next::Done,
+            // An ended rollout that cannot be read has nothing it could apply.
+            Err(error) if ended => {
+                let why = format!("cannot apply the final weights: {error}");
+                return self.save(machine::abandoned(&rollout, why)).await;
+            }
             Err(error) => return self.save(machine::unjudgeable(&rollout, error.to_string(), self.clock.now())).await,
         };
+        // Before anything else can hold the step: a step blocked on pods or on traffic is
+        // exactly what the deadline is for.
+        if let Some(late) = self.past_progress_deadline(&rollout, &plan, &spec) {
+            return self.save(late).await;
+        }
+        // A rollback (an end, or a step back) takes traffic off the canary at once; the
+        // side that takes it back grows afterwards. Moving forward, the gaining side is
+        // ready before traffic moves.
+        let backwards = ended || rollout.stepped_back_from > 0;
         let replicas = self.replicas(&spec, &rollout);
-        if let Some((scaler, deployments, target)) = &replicas {
+        if !backwards && let Some((scaler, deployments, target)) = &replicas {
             match scaler.grow(deployments, *target).await {
                 Ok(Progress::Done) => {}
                 Ok(Progress::Waiting(why)) => return self.hold(rollout, format!("holding: {why}")).await,
@@ -380,17 +394,17 @@ impl Drive {
             Ok(applied) => applied,
             Err(next) => return next,
         };
-        if let Some((scaler, deployments, target)) = &replicas
-            && let Err(error) = scaler.shrink(deployments, *target).await
-        {
-            tracing::warn!(rollout = %self.id, %error, "cannot scale down; the next pass retries");
-        }
         if ended {
             self.settle_replicas(&rollout).await;
             return Next::Done;
         }
-        if let Some(late) = self.past_progress_deadline(&rollout, &plan, &spec) {
-            return self.save(late).await;
+        if let Some((scaler, deployments, target)) = &replicas {
+            if backwards && let Err(error) = scaler.grow(deployments, *target).await {
+                tracing::warn!(rollout = %self.id, %error, "cannot scale up after a step back; the next pass retries");
+            }
+            if let Err(error) = scaler.shrink(deployments, *target).await {
+                tracing::warn!(rollout = %self.id, %error, "cannot scale down; the next pass retries");
+            }
         }
         if rollout.phase() == Phase::Paused {
             return Next::Wait(None);
@@ -428,8 +442,10 @@ impl Drive {
         changes: &mut broadcast::Receiver<proto::RolloutEvent>,
     ) -> Next {
         let step = rollout.step as usize;
-        let run_id =
-            format!("{}-{}-{}", rollout.id, step, rollout.step_started_at.map(|t| t.seconds).unwrap_or_default());
+        // The step's start to the nanosecond: a step entered again within the same second
+        // (a pause and resume) is a new run, not the old, stopped one.
+        let started_at = rollout.step_started_at.map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+        let run_id = format!("{}-{}-{}.{:09}", rollout.id, step, started_at.0, started_at.1);
         let template = plan.step(step).and_then(|step| step.template.clone());
         let interval = spec.analysis.as_ref().map(|analysis| analysis.interval);
         let initial_delay = spec.analysis.as_ref().and_then(|analysis| analysis.initial_delay);
@@ -626,6 +642,13 @@ impl Drive {
                 );
                 Err(Next::Done)
             }
+            Err(ApplyError::RouteGone(route)) if machine::is_terminal(rollout.phase()) => {
+                let why = format!("route `{route}` no longer exists; the final weights were never applied");
+                Err(self.save(machine::abandoned(&rollout, why)).await)
+            }
+            Err(ApplyError::RouteGone(route)) => {
+                Err(self.hold(rollout, format!("holding: route `{route}` does not exist on traffic")).await)
+            }
             Err(ApplyError::Failed(why)) if rollout.weights_pending => {
                 if rollout.pending_reason != why {
                     let _ = self.rollouts.save(machine::unapplied(&rollout, why)).await;
@@ -719,6 +742,9 @@ pub enum ApplyError {
         /// The newest fencing token traffic has seen for the route.
         newest: u64,
     },
+    /// Traffic has no such route (it was deleted).
+    #[error("route `{0}` not found on traffic")]
+    RouteGone(String),
     /// Traffic is down, refused the weights, or the route kept changing.
     #[error("{0}")]
     Failed(String),
@@ -736,11 +762,11 @@ pub async fn apply_weights(
 ) -> Result<u64, ApplyError> {
     let mut traffic = traffic.clone();
     for _ in 0..3 {
-        let current = traffic
-            .get_route(traffic::GetRouteRequest { name: route.to_owned() })
-            .await
-            .map_err(|status| ApplyError::Failed(format!("traffic unavailable: {}", status.message())))?
-            .into_inner();
+        let current = match traffic.get_route(traffic::GetRouteRequest { name: route.to_owned() }).await {
+            Ok(current) => current.into_inner(),
+            Err(status) if status.code() == Code::NotFound => return Err(ApplyError::RouteGone(route.to_owned())),
+            Err(status) => return Err(ApplyError::Failed(format!("traffic unavailable: {}", status.message()))),
+        };
         if current.fencing_token > token {
             return Err(ApplyError::Fenced { newest: current.fencing_token });
         }

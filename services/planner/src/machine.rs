@@ -95,6 +95,8 @@ pub fn step_done(rollout: &proto::Rollout, plan: &Plan, now: SystemTime, reason:
         percent(rollout.stepped_back_from),
         percent(weight)
     );
+    // It passed: once resumed it is judged once more and then goes on.
+    next.stepped_back_from = 0;
     let reason = next.message.clone();
     decide(rollout, next, reason, rollout.last_verdict.clone(), now)
 }
@@ -167,6 +169,15 @@ pub fn applied(rollout: &proto::Rollout, generation: u64) -> Transition {
     Transition { rollout: next, reason, from: rollout.phase() }
 }
 
+/// The ended rollout's final weights can never be applied (its route is gone, or it
+/// cannot be read), for `why`: the planner stops trying, and says why.
+pub fn abandoned(rollout: &proto::Rollout, why: String) -> Transition {
+    let mut next = rollout.clone();
+    next.weights_pending = false;
+    next.pending_reason = why.clone();
+    Transition { rollout: next, reason: why, from: rollout.phase() }
+}
+
 /// The rollout's weights could not be applied, for `why`; the planner keeps trying.
 pub fn unapplied(rollout: &proto::Rollout, why: String) -> Transition {
     let mut next = rollout.clone();
@@ -209,8 +220,8 @@ pub fn command(
         }
         Command::Resume => {
             // The step starts over: an observation window interrupted by a pause is observed
-            // whole, and a stage held after stepping back goes on once it passes again.
-            next.stepped_back_from = 0;
+            // whole. A stage being judged again after a step back is still that: paused
+            // before it passed, it is held again when it does.
             let (resumed, reason) = enter(next, plan, rollout.step as usize, now, by("resumed by an operator"));
             return Ok(decide(rollout, resumed, reason, None, now));
         }
@@ -440,6 +451,12 @@ mod tests {
         let steps: Vec<u32> = to_zero.history.iter().map(|entry| entry.weights["k8s"]).collect();
         assert_eq!(steps.last().copied(), Some(0));
         assert!(steps.windows(2).any(|pair| pair == [2_000, 500]), "each step back is recorded: {steps:?}");
+
+        // An operator's pause while 5% is judged again keeps it a stage judged again.
+        let paused = command(&back, &plan, Command::Pause, "", now).expect("pause").rollout;
+        let resumed = command(&paused, &plan, Command::Resume, "", now).expect("resume").rollout;
+        assert_eq!(resumed.stepped_back_from, 2_000, "still judged again after a pause");
+        assert_eq!(step_done(&resumed, &plan, now, "window over".into()).rollout.phase(), Phase::Paused);
 
         // Passing at 5% instead holds there for an operator; Resume judges it again, then goes on.
         let held = step_done(&back, &plan, now, "window over".into()).rollout;

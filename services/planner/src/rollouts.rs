@@ -112,7 +112,9 @@ impl Rollouts {
                 },
             )?;
         rollout.version = version;
-        if machine::is_terminal(rollout.phase()) {
+        // The route is free once the rollout's final weights are on traffic, so the next
+        // rollout never races the last one's rollback.
+        if !Self::is_unsettled(&rollout) {
             let route = rollout.spec.as_ref().map(|spec| spec.route.clone()).unwrap_or_default();
             if let Err(error) = self.release_route(&route, &rollout.id).await {
                 tracing::warn!(%error, rollout = %rollout.id, "cannot free the route; the next rollout frees it");
@@ -209,10 +211,15 @@ impl Rollouts {
         };
         let holder = String::from_utf8_lossy(&entry.value).into_owned();
         if let Some(active) = self.find(&holder).await?
-            && !machine::is_terminal(active.phase())
+            && Self::is_unsettled(&active)
         {
+            let what = if machine::is_terminal(active.phase()) {
+                "an ended rollout whose final weights traffic has yet to confirm"
+            } else {
+                "an active rollout"
+            };
             return Err(Error::FailedPrecondition(format!(
-                "route `{route}` already has an active rollout, `{holder}` ({})",
+                "route `{route}` already has {what}, `{holder}` ({})",
                 active.phase().as_str_name()
             )));
         }
@@ -242,4 +249,38 @@ fn decode(bytes: &[u8], version: u64) -> Result<proto::Rollout, Error> {
     let mut rollout = proto::Rollout::decode(bytes).map_err(|error| Error::Corrupt(error.to_string()))?;
     rollout.version = version;
     Ok(rollout)
+}
+
+#[cfg(test)]
+mod tests {
+    use ficus_proto::planner::v1 as proto;
+
+    use super::*;
+
+    fn spec() -> proto::RolloutSpec {
+        proto::RolloutSpec {
+            route: "checkout".into(),
+            stable_backend: "legacy".into(),
+            canary_backend: "k8s".into(),
+            strategy: Some(proto::rollout_spec::Strategy::Strangler(proto::StranglerStrategy::default())),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_route_stays_taken_until_the_last_rollouts_final_weights_are_on_traffic() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().display().to_string(), "planner").await.expect("store");
+        let rollouts = Rollouts::new(store, Clock::System);
+        let (_, plan) = plan_of(&proto::Rollout { spec: Some(spec()), ..Default::default() }).expect("plan");
+        let first = rollouts.create(spec(), &plan, "first".into()).await.expect("created");
+        let aborted = machine::command(&first, &plan, machine::Command::Abort, "", Clock::System.now()).expect("abort");
+        let aborted = rollouts.save(aborted).await.expect("saved");
+        assert!(aborted.weights_pending);
+        let refused =
+            rollouts.create(spec(), &plan, "second".into()).await.expect_err("the rollback is not on traffic");
+        assert!(refused.to_string().contains("yet to confirm"), "{refused}");
+        rollouts.save(machine::applied(&aborted, 7)).await.expect("applied");
+        rollouts.create(spec(), &plan, "second".into()).await.expect("free once traffic has the rollback");
+    }
 }

@@ -125,6 +125,7 @@ async fn a_decision_lands_after_an_outage_and_a_kill(decision: Decision) {
         until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::RolledBack || r.phase() == Phase::Aborted).await;
     assert_eq!(decided.weights["k8s"], 0, "{decision:?} sends every request to stable");
     assert!(decided.weights_pending, "traffic is down: the weights cannot have been applied");
+
     first.kill();
     first.wait_exit(secs(10)).await;
 

@@ -65,9 +65,10 @@ fn on_paused_time(peers: &Peers, specs: Vec<proto::RolloutSpec>) -> Vec<proto::R
                     let held = rollout.phase() == Phase::Paused;
                     if (held || ficus_planner::machine::is_terminal(rollout.phase())) && !rollout.weights_pending {
                         if held {
-                            // Frees the route for the next spec.
+                            // Frees the route for the next spec, once traffic has the abort.
                             let abort = proto::AbortRequest { id: id.clone(), reason: String::new() };
                             api.abort(abort).await.expect("abort");
+                            while let Some(Ok(_)) = events.next().await {}
                         }
                         ended.push(rollout);
                         break;

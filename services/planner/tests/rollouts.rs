@@ -412,3 +412,20 @@ async fn metrics_show_each_rollouts_phase_weight_verdicts_and_rollback_time() {
     planner.wait().await.expect("planner stops");
     peers.stop().await;
 }
+
+#[tokio::test]
+async fn an_abort_whose_route_was_deleted_settles_and_says_so() {
+    let peers = Peers::start().await;
+    let (planner, mut api, stop) = peers.planner(&peers.data.path().join("planner").display().to_string()).await;
+    let spec = strangler(&[(20.0, secs(60)), (100.0, secs(1))], &[(100.0, PASS)], POLICY_ROLLBACK, false);
+    let rollout = create(&mut api, spec).await;
+    until(&api, &rollout.id, secs(30), |r| r.step == 1 && !r.weights_pending).await;
+    let delete = ficus_proto::traffic::v1::DeleteRouteRequest { name: "checkout".into(), expected_generation: 0 };
+    peers.traffic_api.clone().delete_route(delete).await.expect("route deleted");
+    api.abort(proto::AbortRequest { id: rollout.id.clone(), reason: String::new() }).await.expect("abort");
+    let settled = until(&api, &rollout.id, secs(30), |r| r.phase() == Phase::Aborted && !r.weights_pending).await;
+    assert!(settled.pending_reason.contains("no longer exists"), "{}", settled.pending_reason);
+    stop.cancel();
+    planner.wait().await.expect("planner stops");
+    peers.stop().await;
+}

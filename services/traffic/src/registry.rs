@@ -45,13 +45,23 @@ impl Registry {
     pub async fn put(&self, route: &proto::Route, expected_generation: u64) -> Result<proto::Route, Error> {
         let mut candidate = Route::from_proto(route, "route", 0)?;
         self.check_match_is_unique(&candidate)?;
-        // A replaced route keeps its fence: an operator's edit must not let a planner that
-        // lost its lease write weights again.
-        if let Some((existing, _)) = self.read(&candidate.name).await? {
-            candidate.fencing_token = existing.fencing_token;
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            // A replaced route keeps its fence: an operator's edit must not let a planner
+            // that lost its lease write weights again. The write is conditional on the
+            // route read, so a fence raised meanwhile is not lost either.
+            let existing = self.read(&candidate.name).await?;
+            candidate.fencing_token = existing.as_ref().map_or(0, |(existing, _)| existing.fencing_token);
+            let expect = match (expected_generation, &existing) {
+                (0, Some((existing, _))) => Expect::Version(existing.generation),
+                (0, None) => Expect::Absent,
+                (generation, _) => Expect::Version(generation),
+            };
+            match self.write(candidate.clone(), expect).await {
+                Err(Error::Conflict { .. }) if expected_generation == 0 => continue,
+                result => return result,
+            }
         }
-        let expect = if expected_generation == 0 { Expect::Any } else { Expect::Version(expected_generation) };
-        self.write(candidate, expect).await
+        Err(Error::Conflict { route: candidate.name, current: None })
     }
 
     /// Replaces only the weights of a route; `fencing_token` is the planner lease's (0 for
