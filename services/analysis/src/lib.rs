@@ -31,7 +31,7 @@ pub use self::error::Error as AnalysisError;
 use self::{
     grpc::AnalysisService,
     runs::Runs,
-    source::{PodSource, PrometheusConfig, PrometheusSource, Sources, TrafficSource},
+    source::{PodSource, PrometheusConfig, PrometheusSource, Sources, TrafficSource, WebConfig, WebSource},
 };
 
 /// Configuration of the analysis service.
@@ -46,6 +46,9 @@ pub struct Config {
     /// The Prometheus server checks query by default.
     #[serde(default)]
     pub prometheus: PrometheusConfig,
+    /// Which HTTP endpoints web metrics may request, and where their secret headers are.
+    #[serde(default)]
+    pub web: WebConfig,
     /// The cluster whose pods pod-health checks read; those checks are refused without it.
     #[serde(default)]
     pub kubernetes: Option<ficus_kit::kubernetes::ClusterConfig>,
@@ -58,6 +61,7 @@ impl Default for Config {
             store: "data/analysis".into(),
             traffic: "127.0.0.1:7003".into(),
             prometheus: PrometheusConfig::default(),
+            web: WebConfig::default(),
             kubernetes: None,
         }
     }
@@ -128,6 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         traffic: TrafficSource::new(traffic.clone()),
         prometheus: PrometheusSource::new(config.prometheus)?,
         pods,
+        web: WebSource::new(config.web)?,
     };
     let runs = Runs::open(store.clone(), sources, shutdown.clone()).await?;
     let routes = tonic::service::Routes::new(AnalysisServer::new(AnalysisService::new(runs, shutdown.clone())));

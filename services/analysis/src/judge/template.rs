@@ -83,6 +83,8 @@ pub enum MetricSpec {
     Fixed,
     /// A health signal of the canary's pods.
     PodHealth,
+    /// A number from an HTTP endpoint's JSON answer.
+    Web,
 }
 
 impl MetricSpec {
@@ -91,7 +93,7 @@ impl MetricSpec {
         match self {
             Self::ErrorRate | Self::Prometheus { rate: true } => ObservationKind::Proportion,
             Self::Latency { .. } => ObservationKind::Latency,
-            Self::RequestRate | Self::Prometheus { rate: false } | Self::Fixed | Self::PodHealth => {
+            Self::RequestRate | Self::Prometheus { rate: false } | Self::Fixed | Self::PodHealth | Self::Web => {
                 ObservationKind::Value
             }
         }
@@ -106,6 +108,7 @@ impl MetricSpec {
             Self::Prometheus { rate: true } => "rate".to_owned(),
             Self::Prometheus { rate: false } | Self::Fixed => "value".to_owned(),
             Self::PodHealth => "pod health".to_owned(),
+            Self::Web => "web value".to_owned(),
         }
     }
 }
@@ -231,10 +234,56 @@ fn check_spec(check: &proto::Check, path: &str) -> Result<CheckSpec, InvalidFiel
     })
 }
 
+fn web_metric(web: &proto::WebMetric, path: &str) -> Result<MetricSpec, InvalidField> {
+    let field = |name: &str| format!("{path}.{name}");
+    if !(web.url.starts_with("http://") || web.url.starts_with("https://")) {
+        return Err(InvalidField::new(field("url"), "must be an http:// or https:// URL"));
+    }
+    if web.json_path.trim().is_empty() {
+        return Err(InvalidField::new(field("json_path"), "required, e.g. `$.data.value`"));
+    }
+    crate::source::check_json_path(&web.json_path).map_err(|reason| InvalidField::new(field("json_path"), reason))?;
+    if !web.samples_json_path.is_empty() {
+        crate::source::check_json_path(&web.samples_json_path)
+            .map_err(|reason| InvalidField::new(field("samples_json_path"), reason))?;
+    }
+    if proto::web_metric::Method::try_from(web.method).is_err() {
+        return Err(InvalidField::new(field("method"), format!("unknown method {}; GET or POST", web.method)));
+    }
+    let timeout = ficus_kit::status::positive_duration(web.timeout.as_ref(), &field("timeout"))?;
+    if timeout.is_some_and(|timeout| timeout > crate::source::MAX_WEB_TIMEOUT) {
+        return Err(InvalidField::new(field("timeout"), "at most 60s"));
+    }
+    for (i, header) in web.headers.iter().enumerate() {
+        let header_field = |name: &str| format!("{path}.headers[{i}].{name}");
+        if reqwest::header::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+            return Err(InvalidField::new(header_field("name"), "not a header name"));
+        }
+        match &header.value {
+            Some(proto::web_header::Value::Text(text)) => {
+                if reqwest::header::HeaderValue::from_str(text).is_err() {
+                    return Err(InvalidField::new(header_field("text"), "not a header value"));
+                }
+            }
+            Some(proto::web_header::Value::FromFile(name)) => {
+                let bare = !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
+                if !bare {
+                    return Err(InvalidField::new(
+                        header_field("from_file"),
+                        "the bare name of a file in `web.secrets_dir`",
+                    ));
+                }
+            }
+            None => return Err(InvalidField::new(format!("{path}.headers[{i}]"), "set `text` or `from_file`")),
+        }
+    }
+    Ok(MetricSpec::Web)
+}
+
 fn metric_spec(metric: Option<&proto::Metric>, path: &str) -> Result<MetricSpec, InvalidField> {
     let source = metric
         .and_then(|metric| metric.source.as_ref())
-        .ok_or_else(|| InvalidField::new(path, "required: one of builtin, prometheus, fixed, pod_health"))?;
+        .ok_or_else(|| InvalidField::new(path, "required: one of builtin, prometheus, fixed, pod_health, web"))?;
     match source {
         Source::Builtin(builtin) => {
             let kind =
@@ -308,6 +357,7 @@ fn metric_spec(metric: Option<&proto::Metric>, path: &str) -> Result<MetricSpec,
             }
             Ok(MetricSpec::PodHealth)
         }
+        Source::Web(web) => web_metric(web, &format!("{path}.web")),
         Source::Fixed(fixed) => {
             for (name, value) in [("baseline", fixed.baseline), ("canary", fixed.canary)] {
                 if !value.is_finite() {

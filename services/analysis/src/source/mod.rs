@@ -1,5 +1,6 @@
 //! Where metric values come from: traffic's own request statistics (the default, no
-//! Prometheus needed), the Prometheus HTTP API, or fixed values for tests and drills.
+//! Prometheus needed), the Prometheus HTTP API, any HTTP endpoint that answers JSON, or
+//! fixed values for tests and drills.
 //!
 //! A source failure never becomes a PASS: the check it feeds is INCONCLUSIVE with the
 //! error as its reason. Pod health from the Kubernetes API is a source too, when the
@@ -8,13 +9,19 @@
 mod builtin;
 mod pods;
 mod prometheus;
+mod web;
 
 use std::time::Duration;
 
 use ficus_kit::status::InvalidField;
 use ficus_proto::analysis::v1::{self as proto, metric::Source};
 
-pub use self::{builtin::TrafficSource, pods::PodSource, prometheus::PrometheusConfig, prometheus::PrometheusSource};
+pub use self::{
+    builtin::TrafficSource,
+    pods::PodSource,
+    prometheus::{PrometheusConfig, PrometheusSource},
+    web::{MAX_TIMEOUT as MAX_WEB_TIMEOUT, WebConfig, WebSource, check_path as check_json_path},
+};
 use crate::observation::{Observation, Observed};
 
 /// Every source a judgement may read.
@@ -26,6 +33,8 @@ pub struct Sources {
     pub prometheus: PrometheusSource,
     /// The Kubernetes API, when a cluster is configured.
     pub pods: Option<PodSource>,
+    /// HTTP endpoints that answer JSON.
+    pub web: WebSource,
 }
 
 impl Sources {
@@ -53,6 +62,7 @@ impl Sources {
                     periods: Vec::new(),
                     baseline_halves: None,
                 }),
+                (Some(Source::Web(metric)), _) => self.web.observe(metric, target, window).await,
                 (Some(Source::PodHealth(metric)), _) => match &self.pods {
                     Some(pods) => pods.observe(metric).await,
                     None => Err("this analysis service has no [kubernetes] configuration".to_owned()),
@@ -81,6 +91,11 @@ impl Sources {
                 && let Err(reason) = self.prometheus.reach(&metric.address)
             {
                 return Err(InvalidField::new(format!("{field}.checks[{i}].metric.prometheus.address"), reason).into());
+            }
+            if let Some(Source::Web(metric)) = source(check)
+                && let Err(reason) = self.web.reach(&metric.url)
+            {
+                return Err(InvalidField::new(format!("{field}.checks[{i}].metric.web.url"), reason).into());
             }
         }
         Ok(())
