@@ -1,8 +1,10 @@
-//! The loop that moves each active rollout: apply its weights to traffic, observe its
-//! step (with an analysis run when the step has one), and turn what happens into
-//! transitions through the state machine, each written before it is acted on.
+//! The loop that moves each rollout: apply its weights to traffic, observe its step
+//! (with an analysis run when the step has one), and turn what happens into transitions
+//! through the state machine, each written before it is acted on. Ended rollouts are
+//! driven too until traffic confirms their final weights.
 //!
-//! Only the replica holding the lease drives. Everything the driver does is idempotent
+//! A rollout is driven only by the replica holding its lease ([`crate::lease`]), and every
+//! weight change carries that lease's fencing token. Everything the driver does is idempotent
 //! (weights are compared before they are set, analysis runs have ids derived from the step
 //! they judge), so a replica that takes over, or a planner restarted after `kill -9`,
 //! simply carries on from the stored state.
