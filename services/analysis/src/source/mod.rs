@@ -55,13 +55,10 @@ impl Sources {
                     stats.as_ref().map_err(Clone::clone).and_then(|stats| stats.observe(metric))
                 }
                 (Some(Source::Prometheus(metric)), _) => self.prometheus.observe(metric, target, window).await,
-                (Some(Source::Fixed(fixed)), _) => Ok(Observed {
-                    baseline: Observation::Value { value: fixed.baseline, samples: fixed.samples },
-                    canary: Observation::Value { value: fixed.canary, samples: fixed.samples },
-                    note: None,
-                    periods: Vec::new(),
-                    baseline_halves: None,
-                }),
+                (Some(Source::Fixed(fixed)), _) => Ok(Observed::new(
+                    Observation::Value { value: fixed.baseline, samples: fixed.samples },
+                    Observation::Value { value: fixed.canary, samples: fixed.samples },
+                )),
                 (Some(Source::Web(metric)), _) => self.web.observe(metric, target, window).await,
                 (Some(Source::PodHealth(metric)), _) => match &self.pods {
                     Some(pods) => pods.observe(metric).await,

@@ -70,13 +70,8 @@ impl WebSource {
         target: &proto::Target,
         window: Duration,
     ) -> Result<Observed, String> {
-        Ok(Observed {
-            baseline: self.side(metric, &target.route, &target.baseline, window).await?,
-            canary: self.side(metric, &target.route, &target.canary, window).await?,
-            note: None,
-            periods: Vec::new(),
-            baseline_halves: None,
-        })
+        let baseline = self.side(metric, &target.route, &target.baseline, window).await?;
+        Ok(Observed::new(baseline, self.side(metric, &target.route, &target.canary, window).await?))
     }
 
     async fn side(
