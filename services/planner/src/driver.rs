@@ -228,8 +228,16 @@ async fn lead(team: Team, claims: Claims, rescan: Duration, tenure: Cancellation
                     Vec::new()
                 }
             },
+            // Only rollouts not seen yet (new ones): the others' transitions, such as every
+            // verdict of a rollout another replica drives, wait for the rescan rather than
+            // costing a count of the replicas and a lost claim each.
             event = events.recv() => match event {
-                Ok(event) => event.rollout.into_iter().filter(Rollouts::is_unsettled).map(|r| r.id).collect(),
+                Ok(event) => event
+                    .rollout
+                    .into_iter()
+                    .filter(|rollout| Rollouts::is_unsettled(rollout) && !unsettled.contains(&rollout.id))
+                    .map(|rollout| rollout.id)
+                    .collect(),
                 Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -342,12 +350,6 @@ impl Drive {
         // A limit too far out to add is no limit.
         let deadline = limit.and_then(|limit| tokio::time::Instant::now().checked_add(limit));
         loop {
-            let sleep = async {
-                match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 event = changes.recv() => match event {
                     Ok(event) if event.rollout.as_ref().is_some_and(|r| r.id == self.id) => return Some(()),
@@ -355,7 +357,7 @@ impl Drive {
                     Err(broadcast::error::RecvError::Lagged(_)) => return Some(()),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                () = sleep => return Some(()),
+                () = sleep_until(deadline) => return Some(()),
                 () = self.stop.cancelled() => return None,
             }
         }
@@ -509,9 +511,7 @@ impl Drive {
             tokio::select! {
                 what = missed => {
                     let transition = machine::on_deadline(&current, plan, &spec.deadlines, spec.failure_policy, what, self.clock.now());
-                    let analysis = self.peers.analysis.clone();
-                    let run_id = run_id.clone();
-                    tokio::spawn(async move { stop_run(&analysis, &run_id).await });
+                    stop_run_later(&self.peers.analysis, &run_id);
                     return self.save(transition).await;
                 }
                 verdict = verdicts.next() => match verdict {
@@ -527,9 +527,7 @@ impl Drive {
                         }
                         if left {
                             // Weights first: the run is stopped in the background.
-                            let analysis = self.peers.analysis.clone();
-                            let run_id = run_id.clone();
-                            tokio::spawn(async move { stop_run(&analysis, &run_id).await });
+                            stop_run_later(&self.peers.analysis, &run_id);
                             return Next::Reload;
                         }
                         if window_over && outcome == Outcome::Pass {
@@ -562,9 +560,7 @@ impl Drive {
                         let left = event.rollout.as_ref().is_some_and(|r| r.step != current.step || r.phase() != Phase::Progressing);
                         if left {
                             // Promoted, paused or aborted by an operator: this step's run is over.
-                            let analysis = self.peers.analysis.clone();
-                            let run_id = run_id.clone();
-                            tokio::spawn(async move { stop_run(&analysis, &run_id).await });
+                            stop_run_later(&self.peers.analysis, &run_id);
                         }
                         return Next::Reload;
                     }
@@ -792,6 +788,13 @@ pub async fn apply_weights(
         }
     }
     Err(ApplyError::Failed("traffic's route keeps changing under the planner".to_owned()))
+}
+
+/// Stops analysis run `id` in the background, so that the weights a verdict decided go
+/// out first.
+fn stop_run_later(analysis: &AnalysisClient<TracedChannel>, id: &str) {
+    let (analysis, id) = (analysis.clone(), id.to_owned());
+    tokio::spawn(async move { stop_run(&analysis, &id).await });
 }
 
 async fn stop_run(analysis: &AnalysisClient<TracedChannel>, id: &str) {
